@@ -1,4 +1,14 @@
 //! jobkeeper: a Kubernetes Job controller for Jobs whose `spec.managedBy` names it.
 #![forbid(unsafe_code)]
 
+pub mod client;
+pub mod config;
+pub mod execute;
+pub mod expectations;
+pub mod explain;
+pub mod leader;
+pub mod metrics;
 pub mod plan;
+pub mod runtime;
+pub mod server;
+pub mod telemetry;

@@ -1,1 +1,138 @@
-fn main() {}
+//! The jobkeeper binary: flags, logging, signals and wiring; the work happens in the library.
+#![forbid(unsafe_code)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use jobkeeper::config::{Cli, Command, RunArgs};
+use jobkeeper::metrics::Metrics;
+use jobkeeper::runtime::{self, Ownership, RuntimeConfig};
+use jobkeeper::server::{self, Readiness};
+use jobkeeper::{client, explain, telemetry};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, &cli.log_level)?;
+    let config = kube_config(cli.kubeconfig.as_deref()).await?;
+    match cli.command {
+        Command::Run(args) => run(config, args).await,
+        Command::Explain(args) => {
+            let client = kube::Client::try_from(config)?;
+            let text = explain::explain(client, &args).await?;
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
+async fn kube_config(path: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
+    match path {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            Ok(kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?)
+        }
+        None => Ok(kube::Config::infer().await?),
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+}
+
+async fn run(config: kube::Config, args: RunArgs) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let client = client::build(
+        config,
+        args.kube_api_qps,
+        args.kube_api_burst,
+        metrics.clone(),
+    )?;
+    let readiness = Readiness::default();
+    let identity = args
+        .leader
+        .leader_elect_identity
+        .clone()
+        .unwrap_or_else(hostname);
+    info!(
+        managed_by = %args.managed_by,
+        all_jobs = args.all_jobs,
+        namespaces = ?args.namespaces,
+        identity = %identity,
+        "jobkeeper starting"
+    );
+
+    let metrics_server = tokio::spawn(server::serve_metrics(args.metrics_addr, metrics.clone()));
+    let health_server = tokio::spawn(server::serve_health(args.health_addr, readiness.clone()));
+
+    let runtime_config = RuntimeConfig {
+        ownership: Ownership {
+            managed_by: args.managed_by.clone(),
+            all_jobs: args.all_jobs,
+            namespaces: args.namespaces.iter().cloned().collect::<HashSet<_>>(),
+        },
+        concurrency: args.concurrency,
+        reporter_instance: identity.clone(),
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = {
+        let mut rx = stop_rx.clone();
+        async move {
+            rx.wait_for(|stop| *stop).await.ok();
+        }
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop_tx.send(true).ok();
+    });
+
+    if args.leader.leader_elect {
+        jobkeeper::leader::run_elected(
+            client,
+            &args.leader,
+            identity,
+            runtime_config,
+            metrics,
+            readiness,
+            stop_rx,
+        )
+        .await?;
+    } else {
+        metrics.leader.set(1);
+        let (caches, controller) = runtime::controller(client, runtime_config, metrics, shutdown);
+        let ready = readiness.clone();
+        tokio::spawn(async move {
+            caches.wait_until_ready().await;
+            ready.set(true);
+            info!("caches synced");
+        });
+        tokio::select! {
+            _ = controller => {}
+            r = metrics_server => r??,
+            r = health_server => r??,
+        }
+    }
+    info!("jobkeeper stopped");
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "jobkeeper".into())
+}

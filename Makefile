@@ -1,0 +1,70 @@
+# jobkeeper — common tasks. `make run` and `make test` are the two set-up commands.
+SHELL := /bin/bash
+CLUSTER_DIR ?= $(CURDIR)/.cluster
+KUBECONFIG_ADMIN := $(CLUSTER_DIR)/admin.kubeconfig
+KUBECTL = $$(tests/cluster/build.sh)/kubectl --kubeconfig $(KUBECONFIG_ADMIN)
+IMAGE ?= jobkeeper:dev
+
+.PHONY: all build release test unit lint integration run cluster-up cluster-down \
+        control-plane bench docker-build docker-lint deploy undeploy clean
+
+all: build
+
+build:
+	cargo build
+
+release:
+	cargo build --release
+
+## Builds (or reuses) the pinned kube-apiserver, kube-controller-manager, kube-scheduler,
+## kubectl, etcd and kwok in ~/.cache/jobkeeper.
+control-plane:
+	@tests/cluster/build.sh
+
+cluster-up:
+	@tests/cluster/up.sh $(CLUSTER_DIR)
+
+cluster-down:
+	@tests/cluster/down.sh $(CLUSTER_DIR)
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+unit:
+	cargo test --lib --bins
+
+## Integration tests start their own control plane (see tests/support) unless
+## JOBKEEPER_TEST_CLUSTER points at a running one.
+integration: control-plane
+	cargo test --test '*' -- --test-threads=4
+
+test: lint unit integration
+
+## Starts the local control plane, runs the controller against it with the controller's
+## own identity, and applies the sample Jobs. Ctrl-C stops the controller; the cluster
+## stays up until `make cluster-down`.
+run: cluster-up
+	cargo build --bin jobkeeper
+	$(KUBECTL) apply -f deploy/examples/
+	@echo "watch with: export KUBECONFIG=$(KUBECONFIG_ADMIN); kubectl get jobs -w"
+	RUST_LOG=$${RUST_LOG:-info} target/debug/jobkeeper --kubeconfig $(CLUSTER_DIR)/jobkeeper.kubeconfig run --leader-elect=false
+
+bench: control-plane
+	cargo run --release --bin jobkeeper-bench -- $(BENCH_ARGS)
+
+docker-build:
+	docker build -t $(IMAGE) .
+
+docker-lint:
+	tests/lint-dockerfile.sh
+
+deploy:
+	kubectl apply -k deploy/
+
+undeploy:
+	kubectl delete -k deploy/
+
+clean:
+	cargo clean
+	tests/cluster/down.sh $(CLUSTER_DIR); rm -rf $(CLUSTER_DIR)

@@ -1,0 +1,225 @@
+//! The Kubernetes client: kube's default stack plus one layer that applies the
+//! `--kube-api-qps`/`--kube-api-burst` limit (as client-go's token bucket does) and counts
+//! every request by verb, resource and response code.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http::{Method, Request, Response};
+use kube::client::ClientBuilder;
+use tower::{Layer, Service};
+
+use crate::metrics::SharedMetrics;
+
+/// Builds a client from `config` with the request limit and request metrics.
+pub fn build(
+    config: kube::Config,
+    qps: f32,
+    burst: u32,
+    metrics: SharedMetrics,
+) -> anyhow::Result<kube::Client> {
+    let limiter = rate_limiter(qps, burst)?;
+    let layer = ApiLayer {
+        limiter: limiter.map(Arc::new),
+        metrics,
+    };
+    Ok(ClientBuilder::try_from(config)?.with_layer(&layer).build())
+}
+
+/// A token bucket refilled at `qps` per second holding at most `burst`; `qps <= 0` means
+/// no limit.
+fn rate_limiter(qps: f32, burst: u32) -> anyhow::Result<Option<DefaultDirectRateLimiter>> {
+    if qps <= 0.0 {
+        return Ok(None);
+    }
+    let burst = NonZeroU32::new(burst.max(1)).expect("max(1) is non-zero");
+    let quota = Quota::with_period(Duration::from_secs_f64(1.0 / f64::from(qps)))
+        .ok_or_else(|| anyhow::anyhow!("--kube-api-qps {qps} is too large"))?
+        .allow_burst(burst);
+    Ok(Some(RateLimiter::direct(quota)))
+}
+
+#[derive(Clone)]
+struct ApiLayer {
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    metrics: SharedMetrics,
+}
+
+impl<S> Layer<S> for ApiLayer {
+    type Service = ApiService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ApiService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+pub struct ApiService<S> {
+    inner: S,
+    layer: ApiLayer,
+}
+
+impl<S, B, RB> Service<Request<B>> for ApiService<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (verb, resource) = classify(req.method(), req.uri().path(), req.uri().query());
+        // The inner future does nothing until polled, so waiting for a token before polling
+        // it delays the request itself.
+        let response = self.inner.call(req);
+        let limiter = self.layer.limiter.clone();
+        let metrics = self.layer.metrics.clone();
+        Box::pin(async move {
+            if let Some(limiter) = limiter {
+                limiter.until_ready().await;
+            }
+            let started = Instant::now();
+            let result = response.await;
+            let code = match &result {
+                Ok(r) => r.status().as_u16(),
+                Err(_) => 0,
+            };
+            metrics.observe_request(verb, &resource, code, started.elapsed());
+            result
+        })
+    }
+}
+
+/// Maps a request to a Kubernetes verb and resource (`pods`, `jobs/status`, …).
+fn classify(method: &Method, path: &str, query: Option<&str>) -> (&'static str, String) {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // /api/v1/... or /apis/group/version/...
+    let rest = match segments.first() {
+        Some(&"api") => segments.get(2..).unwrap_or_default(),
+        Some(&"apis") => segments.get(3..).unwrap_or_default(),
+        _ => return (verb_of(method, false, query), "other".to_string()),
+    };
+    let rest = match rest {
+        ["namespaces", _ns, tail @ ..] if !tail.is_empty() => tail,
+        other => other,
+    };
+    let resource = match rest {
+        [resource] => (*resource).to_string(),
+        [resource, _name] => (*resource).to_string(),
+        [resource, _name, sub, ..] => format!("{resource}/{sub}"),
+        [] => "other".to_string(),
+    };
+    (verb_of(method, rest.len() >= 2, query), resource)
+}
+
+fn verb_of(method: &Method, named: bool, query: Option<&str>) -> &'static str {
+    match *method {
+        Method::GET if query.is_some_and(|q| q.split('&').any(|kv| kv == "watch=true")) => "watch",
+        Method::GET if named => "get",
+        Method::GET => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_the_requests_a_job_controller_makes() {
+        let cases = [
+            (
+                Method::GET,
+                "/apis/batch/v1/jobs",
+                Some("watch=true&resourceVersion=1"),
+                "watch",
+                "jobs",
+            ),
+            (
+                Method::GET,
+                "/api/v1/pods",
+                Some("labelSelector=x"),
+                "list",
+                "pods",
+            ),
+            (
+                Method::POST,
+                "/api/v1/namespaces/a/pods",
+                None,
+                "create",
+                "pods",
+            ),
+            (
+                Method::PATCH,
+                "/api/v1/namespaces/a/pods/p",
+                None,
+                "patch",
+                "pods",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/a/pods/p",
+                None,
+                "delete",
+                "pods",
+            ),
+            (
+                Method::PUT,
+                "/apis/batch/v1/namespaces/a/jobs/j/status",
+                None,
+                "update",
+                "jobs/status",
+            ),
+            (
+                Method::GET,
+                "/apis/batch/v1/namespaces/a/jobs/j",
+                None,
+                "get",
+                "jobs",
+            ),
+            (
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/a/events",
+                None,
+                "create",
+                "events",
+            ),
+            (
+                Method::GET,
+                "/apis/coordination.k8s.io/v1/namespaces/s/leases/l",
+                None,
+                "get",
+                "leases",
+            ),
+        ];
+        for (method, path, query, verb, resource) in cases {
+            assert_eq!(
+                classify(&method, path, query),
+                (verb, resource.to_string()),
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_limit_when_qps_is_zero() {
+        assert!(rate_limiter(0.0, 10).unwrap().is_none());
+        assert!(rate_limiter(20.0, 30).unwrap().is_some());
+    }
+}

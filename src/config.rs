@@ -1,0 +1,248 @@
+//! Command-line flags; every flag can also come from a `JOBKEEPER_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The built-in controller's own name in `spec.managedBy`; we never claim it.
+pub const BUILT_IN_MANAGER: &str = "kubernetes.io/job-controller";
+pub const DEFAULT_MANAGER: &str = "jobkeeper.dev/job-controller";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "jobkeeper",
+    version,
+    about = "A Kubernetes Job controller for Jobs whose spec.managedBy names it"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Kubeconfig to use; in-cluster configuration when unset.
+    #[arg(long, env = "KUBECONFIG", global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "JOBKEEPER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter: a level (info, debug) or a tracing directive list ("info,jobkeeper=debug").
+    #[arg(
+        long,
+        env = "JOBKEEPER_LOG_LEVEL",
+        default_value = "info",
+        global = true
+    )]
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller.
+    Run(RunArgs),
+    /// Explain one Job: who owns it, its pods, the rule that decides it, what happens next.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The spec.managedBy value of the Jobs this controller owns.
+    #[arg(long, env = "JOBKEEPER_MANAGED_BY", default_value = DEFAULT_MANAGER, value_parser = parse_managed_by)]
+    pub managed_by: String,
+    /// Also own Jobs without spec.managedBy (only where the built-in job controller is off).
+    #[arg(long, env = "JOBKEEPER_ALL_JOBS")]
+    pub all_jobs: bool,
+    /// Namespace to watch (repeatable, or comma-separated); all namespaces when unset.
+    #[arg(
+        long = "namespace",
+        env = "JOBKEEPER_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+    /// Jobs synced at the same time.
+    #[arg(long, env = "JOBKEEPER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Sustained requests per second to the API server (0 = unlimited).
+    #[arg(long, env = "JOBKEEPER_KUBE_API_QPS", default_value_t = 50.0, value_parser = parse_qps)]
+    pub kube_api_qps: f32,
+    /// Requests allowed in a burst above the QPS.
+    #[arg(long, env = "JOBKEEPER_KUBE_API_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub kube_api_burst: u32,
+    /// Address for /metrics.
+    #[arg(long, env = "JOBKEEPER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Address for /healthz and /readyz.
+    #[arg(long, env = "JOBKEEPER_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
+    pub health_addr: SocketAddr,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LeaderArgs {
+    /// Elect a leader through a Lease; only the leader syncs Jobs.
+    #[arg(long, env = "JOBKEEPER_LEADER_ELECT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "JOBKEEPER_LEADER_ELECT_LEASE_NAME",
+        default_value = "jobkeeper"
+    )]
+    pub leader_elect_lease_name: String,
+    /// Namespace of the Lease (in-cluster: the pod's namespace).
+    #[arg(
+        long,
+        env = "JOBKEEPER_LEADER_ELECT_NAMESPACE",
+        default_value = "jobkeeper-system"
+    )]
+    pub leader_elect_namespace: String,
+    /// How long a lease holds without renewal, e.g. 15s.
+    #[arg(long, env = "JOBKEEPER_LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub leader_elect_lease_duration: Duration,
+    /// This instance's identity in the Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub leader_elect_identity: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The Job, as namespace/name.
+    #[arg(value_parser = parse_job_ref)]
+    pub job: (String, String),
+    /// The spec.managedBy value jobkeeper runs with.
+    #[arg(long, env = "JOBKEEPER_MANAGED_BY", default_value = DEFAULT_MANAGER, value_parser = parse_managed_by)]
+    pub managed_by: String,
+    /// jobkeeper runs with --all-jobs.
+    #[arg(long, env = "JOBKEEPER_ALL_JOBS")]
+    pub all_jobs: bool,
+}
+
+/// managedBy is a domain-prefixed path of at most 63 characters (the apiserver's rule), and
+/// never the built-in controller's name.
+pub fn parse_managed_by(value: &str) -> Result<String, String> {
+    if value == BUILT_IN_MANAGER {
+        return Err(format!(
+            "{BUILT_IN_MANAGER} is the built-in job controller's name; pick another"
+        ));
+    }
+    if value.len() > 63 {
+        return Err(format!(
+            "must be at most 63 characters, got {}",
+            value.len()
+        ));
+    }
+    let Some((domain, path)) = value.split_once('/') else {
+        return Err("must be a domain-prefixed path, like example.com/my-controller".into());
+    };
+    let domain_ok = !domain.is_empty()
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    let path_ok = !path.is_empty()
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~/%!$&'()*+,;=:@".contains(c));
+    if !domain_ok || !path_ok {
+        return Err("must be a domain-prefixed path, like example.com/my-controller".into());
+    }
+    Ok(value.to_string())
+}
+
+fn parse_qps(value: &str) -> Result<f32, String> {
+    let qps: f32 = value.parse().map_err(|e| format!("{e}"))?;
+    if !qps.is_finite() || qps < 0.0 {
+        return Err("must be a number ≥ 0 (0 = unlimited)".into());
+    }
+    Ok(qps)
+}
+
+/// Durations like `15s`, `500ms`, `2m`.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let split = value
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| format!("{value:?}: add a unit (ms, s, m)"))?;
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "s" => number,
+        "m" => number * 60.0,
+        _ => return Err(format!("{value:?}: unit must be ms, s or m")),
+    };
+    if seconds <= 0.0 {
+        return Err(format!("{value:?} must be positive"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_job_ref(value: &str) -> Result<(String, String), String> {
+    match value.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{value:?}: expected namespace/name")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn managed_by_must_be_a_domain_prefixed_path() {
+        assert!(parse_managed_by(DEFAULT_MANAGER).is_ok());
+        assert!(parse_managed_by("example.com/a/b").is_ok());
+        for bad in [
+            "",
+            "no-slash",
+            "/path",
+            "Example.com/x",
+            "example.com/",
+            BUILT_IN_MANAGER,
+        ] {
+            assert!(parse_managed_by(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_managed_by(&format!("example.com/{}", "x".repeat(60))).is_err());
+    }
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("15").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn flags_parse_with_defaults() {
+        let cli =
+            Cli::try_parse_from(["jobkeeper", "run", "--namespace", "a,b", "--namespace", "c"])
+                .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.namespaces, ["a", "b", "c"]);
+        assert_eq!(run.managed_by, DEFAULT_MANAGER);
+        assert!(!run.leader.leader_elect);
+        assert!(Cli::try_parse_from(["jobkeeper", "run", "--concurrency", "0"]).is_err());
+        assert!(Cli::try_parse_from(["jobkeeper", "run", "--kube-api-qps", "-1"]).is_err());
+        let cli = Cli::try_parse_from(["jobkeeper", "explain", "ns/job"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Explain(ExplainArgs { job, .. }) if job == ("ns".into(), "job".into()))
+        );
+    }
+}

@@ -1,0 +1,508 @@
+//! Applies a [`Plan`] to the cluster. Knows the order of writes and how to read API errors,
+//! nothing about Job rules: those live in the planner.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::expectations::Expectations;
+use crate::metrics::SharedMetrics;
+use crate::plan::{EventType, JobEvent, Plan, PodRef, TRACKING_FINALIZER};
+
+/// At most this many pod writes in flight at once for one Job.
+const POD_WRITE_PARALLELISM: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError {
+    #[error("creating pods: {0}")]
+    Create(#[source] kube::Error),
+    #[error("deleting pod {pod}: {source}")]
+    Delete {
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("patching pod {pod}: {source}")]
+    PatchPod {
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing the Job status: {0}")]
+    Status(#[source] kube::Error),
+    #[error("reading the Job: {0}")]
+    ReadJob(#[source] kube::Error),
+}
+
+impl ExecuteError {
+    /// A short word for the `reconcile_errors` metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ExecuteError::Create(_) => "create_pod",
+            ExecuteError::Delete { .. } => "delete_pod",
+            ExecuteError::PatchPod { .. } => "patch_pod",
+            ExecuteError::Status(_) => "write_status",
+            ExecuteError::ReadJob(_) => "read_job",
+        }
+    }
+}
+
+/// What the caller should do after applying a plan.
+#[derive(Debug)]
+pub enum Step {
+    /// Nothing more to do until a watch event or the plan's requeue time.
+    Settled,
+    /// The plan removed finalizers or otherwise moved state on; plan again right away.
+    Again,
+    /// The status write lost a race (409) or the Job is gone from under us: re-read the
+    /// Job (None: it was deleted) and plan again.
+    Conflict(Option<Arc<Job>>),
+}
+
+/// The clients and records one sync writes through.
+pub struct Executor<'a> {
+    pub client: &'a Client,
+    pub expectations: &'a Expectations,
+    pub recorder: &'a Recorder,
+    pub metrics: &'a SharedMetrics,
+}
+
+pub fn code_of(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+fn is_not_found(error: &kube::Error) -> bool {
+    code_of(error) == Some(404)
+}
+
+impl Executor<'_> {
+    /// Applies `plan`, computed from `job` and `pods`, in the order the planner assumes:
+    /// deletes, creates, adoption, status, finalizer removals.
+    pub async fn apply(
+        &self,
+        job: &Arc<Job>,
+        pods: &[Arc<Pod>],
+        plan: Plan,
+    ) -> Result<Step, ExecuteError> {
+        let ns = job.namespace().unwrap_or_default();
+        let job_uid = job.uid().unwrap_or_default();
+        let key = format!("{ns}/{}", job.name_any());
+        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let by_uid: HashMap<&str, &Arc<Pod>> = pods
+            .iter()
+            .map(|p| (p.metadata.uid.as_deref().unwrap_or_default(), p))
+            .collect();
+        let job_ref = job.object_ref(&());
+
+        let deleted = self
+            .delete_pods(&pods_api, &job_uid, &by_uid, &plan.delete, &job_ref)
+            .await?;
+        let created = self
+            .create_pods(&pods_api, &job_uid, &plan.create, &job_ref)
+            .await?;
+        if (!plan.adopt.is_empty() || !plan.release.is_empty())
+            && let Some(step) = self.adopt_and_release(job, &pods_api, &plan).await?
+        {
+            return Ok(step);
+        }
+
+        let mut wrote_status = false;
+        if let Some(status) = plan.status {
+            let jobs_api: Api<Job> = Api::namespaced(self.client.clone(), &ns);
+            let mut next = (**job).clone();
+            next.status = Some(status);
+            match jobs_api
+                .replace_status(&job.name_any(), &PostParams::default(), &next)
+                .await
+            {
+                Ok(mut written) => {
+                    written.managed_fields_mut().clear();
+                    self.expectations.status_written(
+                        job.resource_version().unwrap_or_default(),
+                        Arc::new(written),
+                    );
+                    wrote_status = true;
+                }
+                Err(e) if code_of(&e) == Some(409) => {
+                    let fresh = jobs_api
+                        .get_opt(&job.name_any())
+                        .await
+                        .map_err(ExecuteError::ReadJob)?;
+                    let fresh = fresh.filter(|j| j.uid() == job.uid()).map(|mut j| {
+                        j.managed_fields_mut().clear();
+                        Arc::new(j)
+                    });
+                    return Ok(Step::Conflict(fresh));
+                }
+                Err(e) if is_not_found(&e) => return Ok(Step::Conflict(None)),
+                Err(e) => return Err(ExecuteError::Status(e)),
+            }
+        }
+
+        // Reached only when the status write (if any) succeeded: the uncounted lists now
+        // hold every pod whose finalizer goes here.
+        let removed = self
+            .remove_finalizers(&pods_api, &job_uid, &plan.remove_finalizers)
+            .await?;
+        if removed > 0 {
+            self.metrics
+                .terminated_pods_tracking_finalizer
+                .get_or_create(&crate::metrics::EventLabel {
+                    event: "delete".into(),
+                })
+                .inc_by(removed as u64);
+        }
+
+        for event in plan.events {
+            self.publish(&job_ref, event);
+        }
+        if deleted + created + removed > 0 || wrote_status || !plan.decisions.is_empty() {
+            info!(
+                job = %key,
+                created,
+                deleted,
+                finalizers_removed = removed,
+                status_written = wrote_status,
+                "{}",
+                if plan.decisions.is_empty() {
+                    "synced".to_string()
+                } else {
+                    plan.decisions.join("; ")
+                }
+            );
+        }
+        if let Some((result, reason)) = &plan.outcome.finished
+            && wrote_status
+        {
+            let mode = job
+                .spec
+                .as_ref()
+                .and_then(|s| s.completion_mode.clone())
+                .unwrap_or_else(|| "NonIndexed".into());
+            self.metrics
+                .jobs_finished
+                .get_or_create(&crate::metrics::JobFinishedLabels {
+                    completion_mode: mode,
+                    result: result.clone(),
+                    reason: reason.clone(),
+                })
+                .inc();
+        }
+        if wrote_status {
+            for (result, n) in &plan.outcome.pods_finished {
+                self.metrics
+                    .pods_finished
+                    .get_or_create(&crate::metrics::ResultLabel {
+                        result: result.clone(),
+                    })
+                    .inc_by(u64::from(*n));
+            }
+            for (action, n) in &plan.outcome.failure_policy_actions {
+                self.metrics
+                    .pod_failures_handled_by_failure_policy
+                    .get_or_create(&crate::metrics::ActionLabel {
+                        action: action.clone(),
+                    })
+                    .inc_by(u64::from(*n));
+            }
+        }
+        // After finalizers went, the next plan moves those pods from the uncounted lists
+        // into the counters; do it now rather than wait for the watch.
+        if removed > 0 || deleted > 0 {
+            Ok(Step::Again)
+        } else {
+            Ok(Step::Settled)
+        }
+    }
+
+    async fn delete_pods(
+        &self,
+        api: &Api<Pod>,
+        job_uid: &str,
+        by_uid: &HashMap<&str, &Arc<Pod>>,
+        delete: &[PodRef],
+        job_ref: &ObjectReference,
+    ) -> Result<usize, ExecuteError> {
+        let results: Vec<Result<bool, ExecuteError>> = stream::iter(delete.to_vec())
+            .map(|pod: PodRef| async move {
+                let holds_finalizer = by_uid
+                    .get(pod.uid.as_str())
+                    .is_some_and(|p| has_tracking_finalizer(p));
+                // A pod we delete is not a failure to count: its finalizer goes first.
+                if holds_finalizer {
+                    match remove_finalizer(api, &pod.name).await {
+                        Ok(()) => self.expectations.finalizer_removed(job_uid, &pod.uid),
+                        Err(e) if is_not_found(&e) => return Ok(false),
+                        Err(source) => {
+                            return Err(ExecuteError::PatchPod {
+                                pod: pod.name.clone(),
+                                source,
+                            });
+                        }
+                    }
+                }
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: Some(pod.uid.clone()),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match api.delete(&pod.name, &params).await {
+                    Ok(_) => {
+                        self.expectations.deleted(job_uid, &pod.uid);
+                        Ok(true)
+                    }
+                    Err(e) if is_not_found(&e) || code_of(&e) == Some(409) => Ok(false),
+                    Err(source) => Err(ExecuteError::Delete {
+                        pod: pod.name.clone(),
+                        source,
+                    }),
+                }
+            })
+            .buffer_unordered(POD_WRITE_PARALLELISM)
+            .collect()
+            .await;
+        let mut deleted = 0;
+        for result in results {
+            if result? {
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            for pod in delete.iter().take(deleted) {
+                self.publish(
+                    job_ref,
+                    JobEvent {
+                        type_: EventType::Normal,
+                        reason: "SuccessfulDelete".into(),
+                        message: format!("Deleted pod: {}", pod.name),
+                    },
+                );
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Creates pods in slow-start batches of 1, 2, 4, …, as upstream does, so a Job whose
+    /// pods all fail to create (quota, admission) costs one request, not hundreds.
+    async fn create_pods(
+        &self,
+        api: &Api<Pod>,
+        job_uid: &str,
+        create: &[Pod],
+        job_ref: &ObjectReference,
+    ) -> Result<usize, ExecuteError> {
+        let mut created = 0;
+        let mut batch = 1;
+        let mut rest = create;
+        while !rest.is_empty() {
+            let (now, later) = rest.split_at(batch.min(rest.len()));
+            rest = later;
+            batch *= 2;
+            let results: Vec<Result<Pod, kube::Error>> = stream::iter(now.to_vec())
+                .map(|pod: Pod| async move { api.create(&PostParams::default(), &pod).await })
+                .buffer_unordered(POD_WRITE_PARALLELISM)
+                .collect()
+                .await;
+            let mut failure = None;
+            for result in results {
+                match result {
+                    Ok(mut pod) => {
+                        pod.managed_fields_mut().clear();
+                        self.publish(
+                            job_ref,
+                            JobEvent {
+                                type_: EventType::Normal,
+                                reason: "SuccessfulCreate".into(),
+                                message: format!("Created pod: {}", pod.name_any()),
+                            },
+                        );
+                        self.expectations.created(job_uid, pod);
+                        created += 1;
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            }
+            if let Some(e) = failure {
+                let message = match &e {
+                    kube::Error::Api(status) => status.message.clone(),
+                    other => other.to_string(),
+                };
+                self.publish(
+                    job_ref,
+                    JobEvent {
+                        type_: EventType::Warning,
+                        reason: "FailedCreate".into(),
+                        message: format!("Error creating: {message}"),
+                    },
+                );
+                return Err(ExecuteError::Create(e));
+            }
+        }
+        Ok(created)
+    }
+
+    /// Adopts orphans and releases pods that stopped matching. Adoption re-reads the Job
+    /// from the API first, so a Job being deleted never adopts (upstream does the same).
+    async fn adopt_and_release(
+        &self,
+        job: &Arc<Job>,
+        api: &Api<Pod>,
+        plan: &Plan,
+    ) -> Result<Option<Step>, ExecuteError> {
+        let job_uid = job.uid().unwrap_or_default();
+        if !plan.adopt.is_empty() {
+            let jobs_api: Api<Job> =
+                Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default());
+            let fresh = jobs_api
+                .get_opt(&job.name_any())
+                .await
+                .map_err(ExecuteError::ReadJob)?;
+            match fresh {
+                Some(f) if f.uid() == job.uid() && f.metadata.deletion_timestamp.is_none() => {}
+                Some(f) if f.uid() == job.uid() => return Ok(Some(Step::Settled)),
+                _ => return Ok(Some(Step::Conflict(None))),
+            }
+            let owner = job
+                .controller_owner_ref(&())
+                .expect("a Job from the API has a name and UID");
+            for pod in &plan.adopt {
+                let patch = json!({
+                    "metadata": {
+                        "uid": pod.uid,
+                        "ownerReferences": [owner],
+                        "finalizers": [TRACKING_FINALIZER],
+                    }
+                });
+                patch_pod(api, &pod.name, patch).await?;
+            }
+        }
+        for pod in &plan.release {
+            let patch = json!({
+                "metadata": {
+                    "uid": pod.uid,
+                    "ownerReferences": [{"$patch": "delete", "uid": job_uid}],
+                }
+            });
+            patch_pod(api, &pod.name, patch).await?;
+        }
+        Ok(None)
+    }
+
+    async fn remove_finalizers(
+        &self,
+        api: &Api<Pod>,
+        job_uid: &str,
+        pods: &[PodRef],
+    ) -> Result<usize, ExecuteError> {
+        let results: Vec<Result<(), ExecuteError>> = stream::iter(pods.to_vec())
+            .map(|pod: PodRef| async move {
+                match remove_finalizer(api, &pod.name).await {
+                    Ok(()) => {}
+                    // Gone already: nothing holds it back any more.
+                    Err(e) if is_not_found(&e) => {}
+                    Err(source) => {
+                        return Err(ExecuteError::PatchPod {
+                            pod: pod.name.clone(),
+                            source,
+                        });
+                    }
+                }
+                self.expectations.finalizer_removed(job_uid, &pod.uid);
+                Ok(())
+            })
+            .buffer_unordered(POD_WRITE_PARALLELISM)
+            .collect()
+            .await;
+        let mut removed = 0;
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) if removed == 0 => Err(e),
+            Some(e) => {
+                warn!(error = %e, "some tracking finalizers could not be removed; retrying");
+                Ok(removed)
+            }
+            None => Ok(removed),
+        }
+    }
+
+    fn publish(&self, job_ref: &ObjectReference, event: JobEvent) {
+        let recorder = self.recorder.clone();
+        let job_ref = job_ref.clone();
+        tokio::spawn(async move {
+            let event = Event {
+                type_: match event.type_ {
+                    EventType::Normal => KubeEventType::Normal,
+                    EventType::Warning => KubeEventType::Warning,
+                },
+                reason: event.reason,
+                note: Some(event.message),
+                action: "Sync".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &job_ref).await {
+                tracing::debug!(error = %e, "could not publish an event");
+            }
+        });
+    }
+}
+
+pub fn has_tracking_finalizer(pod: &Pod) -> bool {
+    pod.finalizers().iter().any(|f| f == TRACKING_FINALIZER)
+}
+
+/// Removes only the tracking finalizer, leaving any others in place.
+pub async fn remove_finalizer(api: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
+    let patch = json!({
+        "metadata": { "$deleteFromPrimitiveList/finalizers": [TRACKING_FINALIZER] }
+    });
+    api.patch(name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .map(|_| ())
+}
+
+async fn patch_pod(
+    api: &Api<Pod>,
+    name: &str,
+    patch: serde_json::Value,
+) -> Result<(), ExecuteError> {
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) || code_of(&e) == Some(409) => Ok(()),
+        Err(source) => Err(ExecuteError::PatchPod {
+            pod: name.to_string(),
+            source,
+        }),
+    }
+}
+
+/// How long to wait before retrying a Job whose sync failed `failures` times in a row:
+/// 1 s doubling to 1 min, as upstream's per-Job rate limiter does.
+pub fn error_backoff(failures: u32) -> Duration {
+    let secs = 1u64 << failures.min(6);
+    Duration::from_secs(secs.min(60))
+}

@@ -1,0 +1,240 @@
+//! What the controller has written but its caches may not show yet.
+//!
+//! Watches lag writes. Without this record a sync that runs between a write and its watch
+//! event would plan from the old state: create a pod again, or count a finished pod whose
+//! tracking finalizer is already gone a second time. Upstream keeps the same three kinds of
+//! expectations (creates, deletes, finalizer removals); we keep the written objects
+//! themselves so the planner sees the state as it is, not just counts.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::plan::TRACKING_FINALIZER;
+
+/// Entries the watch never confirms (a pod created and deleted before the cache saw it)
+/// expire, as upstream's expectations do after five minutes.
+const EXPECTATION_TTL: Duration = Duration::from_secs(300);
+
+#[derive(Default)]
+struct JobExpectations {
+    /// Pods we created, by UID, until the pod cache has them.
+    created: HashMap<String, (Arc<Pod>, Instant)>,
+    /// Pods we deleted, by UID, until the cache shows them deleting or gone.
+    deleted: HashMap<String, Instant>,
+    /// Pods whose tracking finalizer we removed, until the cache shows it gone.
+    finalizer_removed: HashMap<String, Instant>,
+    /// The Job as our last status write returned it, with the resourceVersion it replaced.
+    written: Option<(String, Arc<Job>)>,
+}
+
+/// Per-Job expectations, keyed by Job UID.
+#[derive(Default, Clone)]
+pub struct Expectations {
+    inner: Arc<Mutex<HashMap<String, JobExpectations>>>,
+}
+
+/// The state of one Job as the controller knows it: cache plus its own recent writes.
+pub struct View {
+    pub job: Arc<Job>,
+    pub pods: Vec<Arc<Pod>>,
+    pub finalizer_removed: HashSet<String>,
+}
+
+fn uid_of(pod: &Pod) -> &str {
+    pod.metadata.uid.as_deref().unwrap_or_default()
+}
+
+fn has_tracking_finalizer(pod: &Pod) -> bool {
+    pod.metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f == TRACKING_FINALIZER))
+}
+
+impl Expectations {
+    /// Merges the cached Job and pods with what this controller wrote since, and forgets
+    /// every expectation the cache now confirms.
+    pub fn view(&self, job: Arc<Job>, cached_pods: Vec<Arc<Pod>>) -> View {
+        let uid = job.metadata.uid.clone().unwrap_or_default();
+        let mut all = self.inner.lock().expect("expectations lock");
+        let Some(exp) = all.get_mut(&uid) else {
+            return View {
+                job,
+                pods: cached_pods,
+                finalizer_removed: HashSet::new(),
+            };
+        };
+        let now = Instant::now();
+        let fresh = |since: &Instant| now.duration_since(*since) < EXPECTATION_TTL;
+
+        // A cached Job still at the resourceVersion our write replaced is older than what
+        // we wrote; any other version is newer (or someone else's), so trust the cache.
+        let job = match &exp.written {
+            Some((replaced, written))
+                if job.metadata.resource_version.as_ref() == Some(replaced) =>
+            {
+                written.clone()
+            }
+            _ => {
+                exp.written = None;
+                job
+            }
+        };
+
+        let cached: HashSet<&str> = cached_pods.iter().map(|p| uid_of(p)).collect();
+        exp.created
+            .retain(|uid, (_, since)| !cached.contains(uid.as_str()) && fresh(since));
+        let mut pods = cached_pods.clone();
+        pods.extend(exp.created.values().map(|(pod, _)| pod.clone()));
+
+        exp.deleted.retain(|uid, since| {
+            fresh(since)
+                && cached_pods
+                    .iter()
+                    .any(|p| uid_of(p) == uid && p.metadata.deletion_timestamp.is_none())
+        });
+        for pod in pods.iter_mut() {
+            if exp.deleted.contains_key(uid_of(pod)) {
+                let mut deleting = (**pod).clone();
+                deleting.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+                *pod = Arc::new(deleting);
+            }
+        }
+
+        exp.finalizer_removed.retain(|uid, since| {
+            fresh(since)
+                && cached_pods
+                    .iter()
+                    .any(|p| uid_of(p) == uid && has_tracking_finalizer(p))
+        });
+        let finalizer_removed = exp.finalizer_removed.keys().cloned().collect();
+
+        if exp.created.is_empty()
+            && exp.deleted.is_empty()
+            && exp.finalizer_removed.is_empty()
+            && exp.written.is_none()
+        {
+            all.remove(&uid);
+        }
+        View {
+            job,
+            pods,
+            finalizer_removed,
+        }
+    }
+
+    fn with<R>(&self, job_uid: &str, f: impl FnOnce(&mut JobExpectations) -> R) -> R {
+        let mut all = self.inner.lock().expect("expectations lock");
+        f(all.entry(job_uid.to_string()).or_default())
+    }
+
+    pub fn created(&self, job_uid: &str, pod: Pod) {
+        let uid = uid_of(&pod).to_string();
+        self.with(job_uid, |e| {
+            e.created.insert(uid, (Arc::new(pod), Instant::now()))
+        });
+    }
+
+    pub fn deleted(&self, job_uid: &str, pod_uid: &str) {
+        self.with(job_uid, |e| {
+            e.deleted.insert(pod_uid.to_string(), Instant::now())
+        });
+    }
+
+    pub fn finalizer_removed(&self, job_uid: &str, pod_uid: &str) {
+        self.with(job_uid, |e| {
+            e.finalizer_removed
+                .insert(pod_uid.to_string(), Instant::now())
+        });
+    }
+
+    /// Records the Job our status write returned, replacing `replaced_version`.
+    pub fn status_written(&self, replaced_version: String, job: Arc<Job>) {
+        let uid = job.metadata.uid.clone().unwrap_or_default();
+        self.with(&uid, |e| e.written = Some((replaced_version, job)));
+    }
+
+    /// Forgets a Job entirely (it was deleted).
+    pub fn forget(&self, job_uid: &str) {
+        self.inner
+            .lock()
+            .expect("expectations lock")
+            .remove(job_uid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn job(uid: &str, rv: &str) -> Arc<Job> {
+        Arc::new(Job {
+            metadata: ObjectMeta {
+                uid: Some(uid.into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
+    fn pod(uid: &str, finalizer: bool) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                uid: Some(uid.into()),
+                finalizers: finalizer.then(|| vec![TRACKING_FINALIZER.to_string()]),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn created_pod_is_seen_until_the_cache_has_it() {
+        let e = Expectations::default();
+        e.created("j", pod("p1", true));
+        let v = e.view(job("j", "1"), vec![]);
+        assert_eq!(v.pods.len(), 1);
+        let v = e.view(job("j", "1"), vec![Arc::new(pod("p1", true))]);
+        assert_eq!(v.pods.len(), 1, "the cached copy replaces the expectation");
+        assert!(e.inner.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn deleted_pod_is_shown_deleting_until_the_cache_agrees() {
+        let e = Expectations::default();
+        e.deleted("j", "p1");
+        let v = e.view(job("j", "1"), vec![Arc::new(pod("p1", true))]);
+        assert!(v.pods[0].metadata.deletion_timestamp.is_some());
+        let v = e.view(job("j", "1"), vec![]);
+        assert!(v.pods.is_empty());
+        assert!(e.inner.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn removed_finalizer_is_reported_until_the_cache_drops_it() {
+        let e = Expectations::default();
+        e.finalizer_removed("j", "p1");
+        let v = e.view(job("j", "1"), vec![Arc::new(pod("p1", true))]);
+        assert!(v.finalizer_removed.contains("p1"));
+        let v = e.view(job("j", "1"), vec![Arc::new(pod("p1", false))]);
+        assert!(v.finalizer_removed.is_empty());
+    }
+
+    #[test]
+    fn stale_cached_job_is_replaced_by_our_write() {
+        let e = Expectations::default();
+        e.status_written("1".into(), job("j", "2"));
+        let v = e.view(job("j", "1"), vec![]);
+        assert_eq!(v.job.metadata.resource_version.as_deref(), Some("2"));
+        let v = e.view(job("j", "3"), vec![]);
+        assert_eq!(v.job.metadata.resource_version.as_deref(), Some("3"));
+    }
+}

@@ -1,0 +1,502 @@
+//! Watches, caches and the sync loop. Jobs of other controllers are dropped before they
+//! reach the cache; pods are watched by the label every Job pod carries.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::jiff::Timestamp;
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, reflector::store::Writer};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::config::BUILT_IN_MANAGER;
+use crate::execute::{self, ExecuteError, Executor, Step};
+use crate::expectations::Expectations;
+use crate::metrics::SharedMetrics;
+use crate::plan::{self, BackoffRecord, Snapshot};
+
+/// The label the apiserver puts on every Job's pods; our pod watch selects on it.
+pub const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
+
+/// A sync plans and applies at most this many steps before yielding to other Jobs.
+const MAX_STEPS_PER_SYNC: usize = 6;
+
+/// Which Jobs are ours.
+#[derive(Debug, Clone)]
+pub struct Ownership {
+    pub managed_by: String,
+    pub all_jobs: bool,
+    /// Empty: every namespace.
+    pub namespaces: HashSet<String>,
+}
+
+impl Ownership {
+    pub fn owns(&self, job: &Job) -> bool {
+        if !self.namespaces.is_empty()
+            && !self
+                .namespaces
+                .contains(job.metadata.namespace.as_deref().unwrap_or_default())
+        {
+            return false;
+        }
+        match job.spec.as_ref().and_then(|s| s.managed_by.as_deref()) {
+            Some(m) if m == self.managed_by => true,
+            None => self.all_jobs,
+            Some(m) => self.all_jobs && m == BUILT_IN_MANAGER,
+        }
+    }
+
+    /// Says in words who syncs a Job (for `explain` and logs).
+    pub fn owner_of(&self, job: &Job) -> String {
+        let managed_by = job.spec.as_ref().and_then(|s| s.managed_by.clone());
+        if self.owns(job) {
+            format!(
+                "jobkeeper (spec.managedBy {})",
+                managed_by.as_deref().unwrap_or("unset; --all-jobs")
+            )
+        } else {
+            match managed_by.as_deref() {
+                None | Some(BUILT_IN_MANAGER) => {
+                    "the built-in job controller (spec.managedBy unset)".to_string()
+                }
+                Some(other) => format!("another controller ({other})"),
+            }
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub jobs: Store<Job>,
+    pub pods: Store<Pod>,
+    pub expectations: Expectations,
+    pub backoff: Mutex<HashMap<String, BackoffRecord>>,
+    pub errors: Mutex<HashMap<String, u32>>,
+    pub recorder: Recorder,
+    pub metrics: SharedMetrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Execute(#[from] ExecuteError),
+}
+
+/// The ownerReference marked as the pod's controller.
+pub fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
+    pod.metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true))
+}
+
+/// Pods whose controller ownerReference is `job`, and orphans in its namespace that its
+/// selector matches.
+pub fn pods_of(pods: &Store<Pod>, job: &Job) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
+    let uid = job.metadata.uid.as_deref().unwrap_or_default();
+    let ns = job.metadata.namespace.as_deref();
+    let selector: Option<Selector> = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .and_then(|s| Selector::try_from(s).ok());
+    let mut owned = Vec::new();
+    let mut orphans = Vec::new();
+    for pod in pods.state() {
+        if pod.metadata.namespace.as_deref() != ns {
+            continue;
+        }
+        match controller_of(&pod) {
+            Some(owner) if owner.uid == uid => owned.push(pod),
+            Some(_) => {}
+            None => {
+                if pod.metadata.deletion_timestamp.is_none()
+                    && selector.as_ref().is_some_and(|s| s.matches(pod.labels()))
+                {
+                    orphans.push(pod);
+                }
+            }
+        }
+    }
+    (owned, orphans)
+}
+
+async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, SyncError> {
+    // Never plan from an empty pod cache: that would create every pod again.
+    ctx.pods.wait_until_ready().await.ok();
+    let started = Instant::now();
+    let result = sync(job.clone(), &ctx).await;
+    let uid = job.uid().unwrap_or_default();
+    match &result {
+        Ok(_) => {
+            ctx.metrics.observe_sync("success", started.elapsed());
+            ctx.errors.lock().expect("errors lock").remove(&uid);
+        }
+        Err(SyncError::Execute(e)) => {
+            ctx.metrics.observe_sync("error", started.elapsed());
+            ctx.metrics
+                .reconcile_errors
+                .get_or_create(&crate::metrics::ErrorLabel {
+                    kind: e.kind().into(),
+                })
+                .inc();
+        }
+    }
+    result
+}
+
+async fn sync(job: Arc<Job>, ctx: &Context) -> Result<Action, SyncError> {
+    let job_ref = ObjectRef::from_obj(&*job);
+    let mut fresh: Option<Arc<Job>> = None;
+    for _ in 0..MAX_STEPS_PER_SYNC {
+        let cached = match fresh.take().or_else(|| ctx.jobs.get(&job_ref)) {
+            Some(j) if j.uid() == job.uid() => j,
+            _ => return Ok(Action::await_change()),
+        };
+        let (owned, orphans) = pods_of(&ctx.pods, &cached);
+        let view = ctx.expectations.view(cached, owned);
+        let uid = view.job.uid().unwrap_or_default();
+        let backoff = ctx
+            .backoff
+            .lock()
+            .expect("backoff lock")
+            .get(&uid)
+            .cloned()
+            .unwrap_or_default();
+        let snapshot = Snapshot {
+            job: &view.job,
+            pods: view.pods.iter().map(|p| &**p).collect(),
+            orphans: orphans.iter().map(|p| &**p).collect(),
+            finalizer_removed: &view.finalizer_removed,
+            backoff: &backoff,
+            now: Timestamp::now(),
+        };
+        let plan = plan::plan(&snapshot);
+        ctx.backoff
+            .lock()
+            .expect("backoff lock")
+            .insert(uid, plan.backoff.clone());
+        let requeue = plan.requeue_after;
+        if plan.is_noop() {
+            return Ok(action_for(requeue));
+        }
+        let executor = Executor {
+            client: &ctx.client,
+            expectations: &ctx.expectations,
+            recorder: &ctx.recorder,
+            metrics: &ctx.metrics,
+        };
+        match executor.apply(&view.job, &view.pods, plan).await? {
+            Step::Settled => return Ok(action_for(requeue)),
+            Step::Again => {}
+            Step::Conflict(None) => return Ok(Action::await_change()),
+            Step::Conflict(Some(job)) => {
+                debug!(job = %job_ref, "status write conflicted; planning again from the live Job");
+                fresh = Some(job);
+            }
+        }
+    }
+    // Still moving: come back soon, after other Jobs had their turn.
+    Ok(Action::requeue(Duration::from_millis(50)))
+}
+
+fn action_for(requeue: Option<Duration>) -> Action {
+    match requeue {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    }
+}
+
+fn error_policy(job: Arc<Job>, error: &SyncError, ctx: Arc<Context>) -> Action {
+    let uid = job.uid().unwrap_or_default();
+    let failures = {
+        let mut errors = ctx.errors.lock().expect("errors lock");
+        let n = errors.entry(uid).or_default();
+        *n += 1;
+        *n
+    };
+    let key = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
+    // A sync that fails once is routine (a pod gone, a quota hit); keep retrying, louder.
+    if failures > 3 {
+        warn!(job = %key, failures, error = %error, "sync keeps failing");
+    } else {
+        info!(job = %key, error = %error, "sync failed; retrying");
+    }
+    Action::requeue(execute::error_backoff(failures - 1))
+}
+
+/// Drops every watch event for a Job that is not ours, and reports our deleted Jobs.
+fn ours_only(
+    ownership: Ownership,
+    deleted: mpsc::UnboundedSender<Arc<Job>>,
+) -> impl FnMut(watcher::Result<Event<Job>>) -> future::Ready<Option<watcher::Result<Event<Job>>>> {
+    move |event| {
+        let keep = match &event {
+            Ok(Event::Apply(job)) | Ok(Event::InitApply(job)) => ownership.owns(job),
+            Ok(Event::Delete(job)) => {
+                let ours = ownership.owns(job);
+                if ours {
+                    deleted.send(Arc::new(job.clone())).ok();
+                }
+                ours
+            }
+            _ => true,
+        };
+        future::ready(keep.then_some(event))
+    }
+}
+
+/// The Job a pod event should wake: its controller, or for an orphan every Job in its
+/// namespace whose selector matches it.
+fn jobs_for_pod(jobs: &Store<Job>, pod: &Pod) -> Vec<ObjectRef<Job>> {
+    let ns = pod.namespace().unwrap_or_default();
+    if let Some(owner) = controller_of(pod) {
+        if owner.kind == "Job" {
+            return vec![ObjectRef::new(&owner.name).within(&ns)];
+        }
+        return vec![];
+    }
+    jobs.state()
+        .into_iter()
+        .filter(|job| job.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|job| {
+            job.spec
+                .as_ref()
+                .and_then(|s| s.selector.clone())
+                .and_then(|s| Selector::try_from(s).ok())
+                .is_some_and(|s| s.matches(pod.labels()))
+        })
+        .map(|job| ObjectRef::from_obj(&*job))
+        .collect()
+}
+
+/// Removes the tracking finalizer from the pods of our deleted Jobs: nothing else will
+/// count them any more, and the finalizer would keep them forever.
+async fn release_pods_of_deleted_jobs(
+    client: Client,
+    pods: Store<Pod>,
+    expectations: Expectations,
+    mut deleted: mpsc::UnboundedReceiver<Arc<Job>>,
+) {
+    while let Some(job) = deleted.recv().await {
+        let uid = job.uid().unwrap_or_default();
+        let ns = job.namespace().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let (owned, _) = pods_of(&pods, &job);
+        let holding: Vec<_> = owned
+            .iter()
+            .filter(|p| execute::has_tracking_finalizer(p))
+            .collect();
+        for pod in &holding {
+            if let Err(e) = execute::remove_finalizer(&api, &pod.name_any()).await
+                && execute::code_of(&e) != Some(404)
+            {
+                warn!(pod = %format!("{ns}/{}", pod.name_any()), error = %e,
+                    "could not remove the tracking finalizer of a deleted Job's pod");
+            }
+        }
+        if !holding.is_empty() {
+            info!(job = %format!("{ns}/{}", job.name_any()), pods = holding.len(),
+                "Job deleted; removed tracking finalizers from its pods");
+        }
+        expectations.forget(&uid);
+    }
+}
+
+/// Strips what we never read, so the caches stay small.
+fn slim_job(job: &mut Job) {
+    job.managed_fields_mut().clear();
+    job.annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
+fn slim_pod(pod: &mut Pod) {
+    pod.managed_fields_mut().clear();
+    pod.annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
+#[derive(Clone)]
+pub struct RuntimeConfig {
+    pub ownership: Ownership,
+    pub concurrency: u16,
+    pub reporter_instance: String,
+}
+
+/// Stores the controller fills, for readiness checks.
+#[derive(Clone)]
+pub struct Caches {
+    pub jobs: Store<Job>,
+    pub pods: Store<Pod>,
+}
+
+impl Caches {
+    pub async fn wait_until_ready(&self) {
+        self.jobs.wait_until_ready().await.ok();
+        self.pods.wait_until_ready().await.ok();
+    }
+}
+
+/// Builds the caches and returns them with the future that runs the controller until
+/// `shutdown` resolves.
+pub fn controller(
+    client: Client,
+    config: RuntimeConfig,
+    metrics: SharedMetrics,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> (Caches, impl Future<Output = ()>) {
+    let (job_store, job_writer): (Store<Job>, Writer<Job>) = reflector::store();
+    let (pod_store, pod_writer): (Store<Pod>, Writer<Pod>) = reflector::store();
+
+    // One namespace: a namespaced watch. Several: watch all and keep those.
+    let single_ns = (config.ownership.namespaces.len() == 1)
+        .then(|| config.ownership.namespaces.iter().next().cloned())
+        .flatten();
+    let (jobs_api, pods_api): (Api<Job>, Api<Pod>) = match &single_ns {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let namespaces = config.ownership.namespaces.clone();
+
+    let (deleted_tx, deleted_rx) = mpsc::unbounded_channel();
+    let managed_jobs = metrics.managed_jobs.clone();
+    let job_events = watcher(jobs_api, watcher::Config::default())
+        .default_backoff()
+        .filter_map(ours_only(config.ownership.clone(), deleted_tx))
+        .modify(slim_job)
+        .reflect(job_writer)
+        .applied_objects();
+    let pod_events = watcher(
+        pods_api,
+        watcher::Config::default().labels(CONTROLLER_UID_LABEL),
+    )
+    .default_backoff()
+    .filter_map(move |event| {
+        let keep = match &event {
+            Ok(Event::Apply(p)) | Ok(Event::InitApply(p)) | Ok(Event::Delete(p)) => {
+                namespaces.is_empty()
+                    || namespaces.contains(p.metadata.namespace.as_deref().unwrap_or_default())
+            }
+            _ => true,
+        };
+        future::ready(keep.then_some(event))
+    })
+    .modify(slim_pod)
+    .reflect(pod_writer)
+    .touched_objects();
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "jobkeeper".into(),
+            instance: Some(config.reporter_instance.clone()),
+        },
+    );
+    let expectations = Expectations::default();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        jobs: job_store.clone(),
+        pods: pod_store.clone(),
+        expectations: expectations.clone(),
+        backoff: Mutex::default(),
+        errors: Mutex::default(),
+        recorder,
+        metrics: metrics.clone(),
+    });
+    let jobs_for_mapper = job_store.clone();
+    let caches = Caches {
+        jobs: job_store.clone(),
+        pods: pod_store.clone(),
+    };
+    let cleanup = release_pods_of_deleted_jobs(client, pod_store.clone(), expectations, deleted_rx);
+    let jobs_gauge = job_store.clone();
+    let run = Controller::for_stream(job_events, job_store)
+        .watches_stream(pod_events, move |pod| jobs_for_pod(&jobs_for_mapper, &pod))
+        .with_config(controller::Config::default().concurrency(config.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(move |result| {
+            managed_jobs.set(jobs_gauge.len() as i64);
+            if let Err(e) = result {
+                match e {
+                    controller::Error::ObjectNotFound(_) => {}
+                    controller::Error::ReconcilerFailed(..) => {}
+                    other => error!(error = %other, "controller stream error"),
+                }
+            }
+            future::ready(())
+        });
+    let run = async move {
+        tokio::select! {
+            _ = run => {}
+            _ = cleanup => {}
+        }
+    };
+    (caches, run)
+}
+
+use kube::runtime::watcher::watcher;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::batch::v1::JobSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn job(ns: &str, managed_by: Option<&str>) -> Job {
+        Job {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            spec: Some(JobSpec {
+                managed_by: managed_by.map(Into::into),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn owns_only_jobs_managed_by_us_unless_all_jobs() {
+        let ours = "jobkeeper.dev/job-controller";
+        let o = Ownership {
+            managed_by: ours.into(),
+            all_jobs: false,
+            namespaces: HashSet::new(),
+        };
+        assert!(o.owns(&job("a", Some(ours))));
+        assert!(!o.owns(&job("a", None)));
+        assert!(!o.owns(&job("a", Some(BUILT_IN_MANAGER))));
+        assert!(!o.owns(&job("a", Some("example.com/other"))));
+        let all = Ownership {
+            all_jobs: true,
+            ..o.clone()
+        };
+        assert!(all.owns(&job("a", None)));
+        assert!(all.owns(&job("a", Some(BUILT_IN_MANAGER))));
+        assert!(!all.owns(&job("a", Some("example.com/other"))));
+        let scoped = Ownership {
+            namespaces: HashSet::from(["b".to_string()]),
+            ..o
+        };
+        assert!(!scoped.owns(&job("a", Some(ours))));
+        assert!(scoped.owns(&job("b", Some(ours))));
+    }
+}

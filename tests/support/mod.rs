@@ -1,0 +1,651 @@
+//! Integration-test support: a real local control plane (started once, shared by every
+//! test binary), one namespace per test, a jobkeeper process per test, and a pod driver
+//! that moves pods through their lifecycle via the `/status` subresource, the way
+//! upstream's Job integration tests do.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus};
+use k8s_openapi::api::core::v1::{
+    Container, Namespace, Pod, PodCondition, PodSpec, PodTemplateSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+/// The managedBy value every test controller runs with (namespaces keep tests apart).
+pub const MANAGED_BY: &str = "jobkeeper.dev/job-controller";
+/// Pods with this scheduler name are left alone by kube-scheduler and kwok: the tests
+/// steer them.
+pub const DRIVER_SCHEDULER: &str = "jobkeeper-test-driver";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The control plane's folder: `JOBKEEPER_TEST_CLUSTER`, else `target/test-cluster`.
+pub fn cluster_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::var_os("JOBKEEPER_TEST_CLUSTER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/test-cluster"));
+        std::fs::create_dir_all(&dir).expect("creating the cluster folder");
+        // Test binaries run in parallel; one of them starts the cluster, the others wait.
+        let lock = File::create(dir.join(".lock")).expect("creating the cluster lock");
+        lock.lock().expect("locking the cluster folder");
+        let status = Command::new(repo_root().join("tests/cluster/up.sh"))
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .expect("running tests/cluster/up.sh");
+        assert!(status.success(), "tests/cluster/up.sh failed");
+        lock.unlock().ok();
+        dir
+    })
+}
+
+pub async fn client_for(kubeconfig: &Path) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("reading kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("kubeconfig");
+    Client::try_from(config).expect("client")
+}
+
+pub async fn admin_client() -> Client {
+    client_for(&cluster_dir().join("admin.kubeconfig")).await
+}
+
+pub fn jobkeeper_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_jobkeeper"))
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A jobkeeper process watching one namespace.
+pub struct Controller {
+    child: Child,
+    pub metrics_port: u16,
+    pub health_port: u16,
+    pub log: PathBuf,
+}
+
+impl Controller {
+    pub fn start(namespace: &str, extra: &[&str]) -> Controller {
+        let log = cluster_dir().join(format!("logs/jobkeeper-{namespace}-{}.log", free_port()));
+        let metrics_port = free_port();
+        let health_port = free_port();
+        let out = File::create(&log).expect("controller log");
+        let child = Command::new(jobkeeper_binary())
+            .args(["--kubeconfig"])
+            .arg(cluster_dir().join("jobkeeper.kubeconfig"))
+            .args([
+                "--log-level",
+                "info,jobkeeper=debug",
+                "run",
+                "--namespace",
+                namespace,
+            ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--health-addr", &format!("127.0.0.1:{health_port}")])
+            .args(extra)
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("starting jobkeeper");
+        Controller {
+            child,
+            metrics_port,
+            health_port,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
+    pub fn signal_term(&self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .ok();
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(self.metrics_port, "/metrics")
+            .await
+            .unwrap_or_default()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The sum of a counter over all label sets whose labels contain every `labels` pair.
+    pub async fn counter(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        sum_metric(&self.metrics().await, name, labels)
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let ok = labels
+                .iter()
+                .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")));
+            ok.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// A minimal HTTP/1.0 GET on loopback (status line and body).
+pub async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
+
+/// One test's world: a fresh namespace and (optionally) a controller watching it.
+pub struct TestEnv {
+    pub client: Client,
+    pub ns: String,
+    pub controller: Option<Controller>,
+}
+
+impl TestEnv {
+    /// A namespace and a jobkeeper controller for it.
+    pub async fn new(name: &str) -> TestEnv {
+        let mut env = Self::without_controller(name).await;
+        env.controller = Some(Controller::start(&env.ns, &[]));
+        env
+    }
+
+    pub async fn without_controller(name: &str) -> TestEnv {
+        let client = admin_client().await;
+        let ns = format!(
+            "{}-{:06x}",
+            name.replace('_', "-"),
+            rand_suffix() & 0xff_ffff
+        );
+        let api: Api<Namespace> = Api::all(client.clone());
+        api.create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("creating the test namespace");
+        // Pods need the namespace's default ServiceAccount (the ServiceAccount admission).
+        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), &ns);
+        wait_for(
+            "the default ServiceAccount",
+            Duration::from_secs(30),
+            || async { sa.get_opt("default").await.ok().flatten() },
+        )
+        .await;
+        TestEnv {
+            client,
+            ns,
+            controller: None,
+        }
+    }
+
+    pub fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn controller(&self) -> &Controller {
+        self.controller
+            .as_ref()
+            .expect("this test runs a controller")
+    }
+
+    pub async fn create_job(&self, job: &Job) -> Job {
+        self.jobs()
+            .create(&PostParams::default(), job)
+            .await
+            .expect("creating a Job")
+    }
+
+    pub async fn job(&self, name: &str) -> Job {
+        self.jobs().get(name).await.expect("reading a Job")
+    }
+
+    pub async fn status(&self, name: &str) -> JobStatus {
+        self.job(name).await.status.unwrap_or_default()
+    }
+
+    /// The Job's pods (by its job-name label), oldest first, then by index and name.
+    pub async fn pods_of(&self, job: &str) -> Vec<Pod> {
+        let mut pods = self
+            .pods()
+            .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+            .await
+            .expect("listing pods")
+            .items;
+        pods.sort_by_key(|p| {
+            (
+                index_of(p).unwrap_or(u32::MAX),
+                p.metadata.creation_timestamp.clone().map(|t| t.0),
+                p.name_any(),
+            )
+        });
+        pods
+    }
+
+    /// Pods of the Job that are neither finished nor being deleted.
+    pub async fn active_pods(&self, job: &str) -> Vec<Pod> {
+        self.pods_of(job)
+            .await
+            .into_iter()
+            .filter(is_active)
+            .collect()
+    }
+
+    /// Waits until the Job has exactly `n` active pods and returns them.
+    pub async fn wait_active(&self, job: &str, n: usize) -> Vec<Pod> {
+        wait_for(
+            &format!("{n} active pods of {job}"),
+            Duration::from_secs(30),
+            || async {
+                let pods = self.active_pods(job).await;
+                (pods.len() == n).then_some(pods)
+            },
+        )
+        .await
+    }
+
+    /// Waits until `check` holds for the Job's status and returns it.
+    pub async fn wait_status(
+        &self,
+        job: &str,
+        what: &str,
+        check: impl Fn(&JobStatus) -> bool,
+    ) -> JobStatus {
+        wait_for(
+            &format!("{job}: {what}"),
+            Duration::from_secs(60),
+            || async {
+                let status = self.status(job).await;
+                check(&status).then_some(status)
+            },
+        )
+        .await
+    }
+
+    pub async fn wait_condition(&self, job: &str, type_: &str) -> JobStatus {
+        self.wait_status(job, &format!("condition {type_}"), |s| {
+            has_condition(s, type_)
+        })
+        .await
+    }
+
+    // ---- the pod driver ---------------------------------------------------------------
+
+    async fn patch_pod_status(&self, pod: &Pod, status: serde_json::Value) {
+        self.pods()
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("patching the status of pod {}: {e}", pod.name_any()));
+    }
+
+    /// Running and Ready.
+    pub async fn set_ready(&self, pod: &Pod) {
+        let now = Timestamp::now().to_string();
+        self.patch_pod_status(
+            pod,
+            json!({
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
+                "containerStatuses": container_statuses(pod, json!({"running": {"startedAt": now}}), 0),
+            }),
+        )
+        .await;
+    }
+
+    /// Running, not Ready.
+    pub async fn set_running(&self, pod: &Pod) {
+        let now = Timestamp::now().to_string();
+        self.patch_pod_status(
+            pod,
+            json!({
+                "phase": "Running",
+                "containerStatuses": container_statuses(pod, json!({"running": {"startedAt": now}}), 0),
+            }),
+        )
+        .await;
+    }
+
+    pub async fn succeed(&self, pod: &Pod) {
+        self.finish(pod, "Succeeded", 0, &[]).await;
+    }
+
+    pub async fn fail(&self, pod: &Pod, exit_code: i32) {
+        self.finish(pod, "Failed", exit_code, &[]).await;
+    }
+
+    /// Failed with extra pod conditions, e.g. `("DisruptionTarget", "EvictionByEvictionAPI")`.
+    pub async fn fail_with_conditions(
+        &self,
+        pod: &Pod,
+        exit_code: i32,
+        conditions: &[(&str, &str)],
+    ) {
+        self.finish(pod, "Failed", exit_code, conditions).await;
+    }
+
+    async fn finish(&self, pod: &Pod, phase: &str, exit_code: i32, conditions: &[(&str, &str)]) {
+        let now = Timestamp::now().to_string();
+        let mut conds: Vec<serde_json::Value> = conditions
+            .iter()
+            .map(|(t, reason)| json!({"type": t, "status": "True", "reason": reason, "lastTransitionTime": now}))
+            .collect();
+        conds.push(json!({"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}));
+        let reason = if exit_code == 0 { "Completed" } else { "Error" };
+        self.patch_pod_status(
+            pod,
+            json!({
+                "phase": phase,
+                "conditions": conds,
+                "containerStatuses": container_statuses(pod, json!({"terminated": {
+                    "exitCode": exit_code, "reason": reason, "startedAt": now, "finishedAt": now}}), 0),
+            }),
+        )
+        .await;
+    }
+
+    /// Active pods with `restarts` container restarts (restartPolicy OnFailure).
+    pub async fn set_restarts(&self, pod: &Pod, restarts: i32) {
+        let now = Timestamp::now().to_string();
+        self.patch_pod_status(
+            pod,
+            json!({
+                "phase": "Running",
+                "containerStatuses": container_statuses(pod, json!({"running": {"startedAt": now}}), restarts),
+            }),
+        )
+        .await;
+    }
+
+    /// Asserts that nothing the controller wrote to a Job status was rejected.
+    pub async fn assert_no_rejected_status(&self) {
+        if let Some(c) = &self.controller {
+            let rejected = c
+                .counter(
+                    "jobkeeper_kube_api_requests_total",
+                    &[("resource", "jobs/status"), ("code", "422")],
+                )
+                .await;
+            assert_eq!(
+                rejected,
+                0.0,
+                "the apiserver rejected status writes; log: {}",
+                c.log.display()
+            );
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            c.kill();
+        }
+        if std::thread::panicking() {
+            eprintln!("test namespace {} kept for inspection", self.ns);
+            return;
+        }
+        // Best effort, in the background: the namespace controller cleans up.
+        Command::new(cluster_bin("kubectl"))
+            .arg("--kubeconfig")
+            .arg(cluster_dir().join("admin.kubeconfig"))
+            .args(["delete", "namespace", &self.ns, "--wait=false"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish()
+}
+
+/// A control-plane binary from the cache (build.sh prints its folder).
+pub fn cluster_bin(name: &str) -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = Command::new(repo_root().join("tests/cluster/build.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("tests/cluster/build.sh");
+        let line = BufReader::new(&out.stdout[..])
+            .lines()
+            .map_while(Result::ok)
+            .last()
+            .expect("build.sh prints its bin folder");
+        PathBuf::from(line)
+    })
+    .join(name)
+}
+
+fn container_statuses(pod: &Pod, state: serde_json::Value, restarts: i32) -> serde_json::Value {
+    let ready = state.get("running").is_some();
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.clone())
+        .unwrap_or_default();
+    json!(
+        containers
+            .iter()
+            .map(|c| json!({
+                "name": c.name, "image": c.image, "imageID": "", "ready": ready,
+                "restartCount": restarts, "state": state,
+            }))
+            .collect::<Vec<_>>()
+    )
+}
+
+pub fn index_of(pod: &Pod) -> Option<u32> {
+    pod.annotations()
+        .get("batch.kubernetes.io/job-completion-index")
+        .and_then(|i| i.parse().ok())
+}
+
+pub fn is_active(pod: &Pod) -> bool {
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending");
+    pod.metadata.deletion_timestamp.is_none() && phase != "Succeeded" && phase != "Failed"
+}
+
+pub fn has_condition(status: &JobStatus, type_: &str) -> bool {
+    status
+        .conditions
+        .as_ref()
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+}
+
+/// A Job whose pods the test drives (never scheduled, so no kwok or scheduler touches them).
+pub fn driven_job(name: &str, managed_by: Option<&str>) -> Job {
+    Job {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            managed_by: managed_by.map(Into::into),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(BTreeMap::from([("app".into(), "test".into())])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    scheduler_name: Some(DRIVER_SCHEDULER.into()),
+                    restart_policy: Some("Never".into()),
+                    termination_grace_period_seconds: Some(0),
+                    containers: vec![Container {
+                        name: "main".into(),
+                        image: Some("registry.k8s.io/e2e-test-images/agnhost:2.53".into()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A Job whose pods kwok runs to completion on the fake nodes.
+pub fn kwok_job(name: &str, managed_by: Option<&str>) -> Job {
+    let mut job = driven_job(name, managed_by);
+    let spec = job.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+    spec.scheduler_name = None;
+    spec.tolerations = None;
+    job
+}
+
+/// The parts of a status that must match between two controllers given the same pod
+/// outcomes: everything but timestamps.
+pub fn comparable(status: &JobStatus) -> serde_json::Value {
+    let conditions: Vec<serde_json::Value> = status
+        .conditions
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| json!({"type": c.type_, "status": c.status, "reason": c.reason, "message": c.message}))
+        .collect();
+    let uncounted = status.uncounted_terminated_pods.as_ref().map(|u| {
+        json!({
+            "succeeded": u.succeeded.as_ref().map(|v| v.len()).unwrap_or(0),
+            "failed": u.failed.as_ref().map(|v| v.len()).unwrap_or(0),
+        })
+    });
+    json!({
+        "active": status.active.unwrap_or(0),
+        "ready": status.ready,
+        "terminating": status.terminating,
+        "succeeded": status.succeeded.unwrap_or(0),
+        "failed": status.failed.unwrap_or(0),
+        "completedIndexes": status.completed_indexes.clone().filter(|s| !s.is_empty()),
+        "failedIndexes": status.failed_indexes.clone(),
+        "conditions": conditions,
+        "hasStartTime": status.start_time.is_some(),
+        "hasCompletionTime": status.completion_time.is_some(),
+        "uncounted": uncounted.filter(|u| u != &json!({"succeeded": 0, "failed": 0})),
+    })
+}
+
+pub fn condition_time(status: &JobStatus, type_: &str) -> Option<Time> {
+    status
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)?
+        .last_transition_time
+        .clone()
+}
+
+pub fn pod_condition(type_: &str, status: &str) -> PodCondition {
+    PodCondition {
+        type_: type_.into(),
+        status: status.into(),
+        ..Default::default()
+    }
+}
