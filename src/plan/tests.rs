@@ -4,7 +4,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus, UncountedTerminatedPods};
+use k8s_openapi::api::batch::v1::{
+    Job, JobCondition, JobSpec, JobStatus, PodFailurePolicy,
+    PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyOnPodConditionsPattern,
+    PodFailurePolicyRule, SuccessPolicy, SuccessPolicyRule, UncountedTerminatedPods,
+};
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateTerminated, ContainerStatus, EnvVar, Pod,
     PodCondition, PodSpec, PodStatus, PodTemplateSpec,
@@ -1416,4 +1420,456 @@ fn status_is_none_when_nothing_changed() {
     sim.apply(&sim.plan(), 4);
     let p = sim.plan();
     assert!(p.is_noop(), "{p:#?}");
+}
+
+// ---------------------------------------------------------------- podFailurePolicy
+
+fn exit_rule(
+    action: &str,
+    op: &str,
+    values: &[i32],
+    container: Option<&str>,
+) -> PodFailurePolicyRule {
+    PodFailurePolicyRule {
+        action: action.into(),
+        on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+            container_name: container.map(String::from),
+            operator: op.into(),
+            values: values.to_vec(),
+        }),
+        on_pod_conditions: None,
+    }
+}
+
+fn condition_rule(action: &str, type_: &str) -> PodFailurePolicyRule {
+    PodFailurePolicyRule {
+        action: action.into(),
+        on_exit_codes: None,
+        on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+            type_: type_.into(),
+            status: Some("True".into()),
+        }]),
+    }
+}
+
+fn with_policy(mut j: Job, rules: Vec<PodFailurePolicyRule>) -> Job {
+    spec(&mut j).pod_failure_policy = Some(PodFailurePolicy { rules });
+    j
+}
+
+#[test]
+fn pod_failure_policy_rules_match_in_order() {
+    use failure_policy::{Action, match_pod};
+    let rules = vec![
+        exit_rule("Ignore", "In", &[42], Some("side")),
+        exit_rule("FailJob", "In", &[42], None),
+        condition_rule("Ignore", "DisruptionTarget"),
+        exit_rule("Count", "NotIn", &[1, 2], None),
+    ];
+    let policy = PodFailurePolicy { rules };
+    let cases: Vec<(&str, P, Option<Action>, bool)> = vec![
+        (
+            "container name narrows the rule",
+            pod("a", "Failed").exit("side", 42, 1),
+            Some(Action::Ignore),
+            false,
+        ),
+        (
+            "exit code In",
+            pod("b", "Failed").exit("main", 42, 1),
+            Some(Action::FailJob),
+            true,
+        ),
+        (
+            "pod condition",
+            pod("c", "Failed")
+                .exit("main", 1, 1)
+                .cond("DisruptionTarget", "True", t(1)),
+            Some(Action::Ignore),
+            false,
+        ),
+        (
+            "NotIn",
+            pod("d", "Failed").exit("main", 5, 1),
+            Some(Action::Count),
+            true,
+        ),
+        (
+            "no rule matches",
+            pod("e", "Failed").exit("main", 2, 1),
+            None,
+            true,
+        ),
+        (
+            "exit code 0 never matches",
+            pod("f", "Failed").exit("main", 0, 1),
+            None,
+            true,
+        ),
+        ("no terminated container", pod("g", "Failed"), None, true),
+    ];
+    for (name, p, action, counts) in cases {
+        let m = match_pod(Some(&policy), &p.0);
+        assert_eq!((m.action, m.counts), (action, counts), "{name}");
+    }
+}
+
+#[test]
+fn init_containers_are_checked_after_containers() {
+    let policy = PodFailurePolicy {
+        rules: vec![exit_rule("FailJob", "In", &[3], None)],
+    };
+    let mut p = pod("a", "Failed");
+    p.0.status.as_mut().unwrap().init_container_statuses = Some(vec![ContainerStatus {
+        name: "setup".into(),
+        state: Some(ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: 3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }]);
+    let m = failure_policy::match_pod(Some(&policy), &p.0);
+    assert_eq!(
+        m.fail_job_message.as_deref(),
+        Some(
+            "Container setup for pod ns/a failed with exit code 3 matching FailJob rule at index 0"
+        )
+    );
+}
+
+#[test]
+fn fail_job_rule_sets_failure_target_with_upstream_message() {
+    let j = with_policy(
+        running(job(Some(3), 2), 2),
+        vec![exit_rule("FailJob", "In", &[42], None)],
+    );
+    let p = run(
+        &j,
+        &[
+            pod("a", "Failed").exit("main", 42, 990),
+            pod("b", "Running"),
+        ],
+    );
+    let s = p.status.unwrap();
+    let ft = find(conditions(&s), FAILURE_TARGET).unwrap();
+    assert_eq!(ft.reason.as_deref(), Some(REASON_POD_FAILURE_POLICY));
+    assert_eq!(
+        ft.message.as_deref(),
+        Some(
+            "Container main for pod ns/a failed with exit code 42 matching FailJob rule at index 0"
+        )
+    );
+    assert_eq!(p.outcome.failure_policy_actions.get("FailJob"), Some(&1));
+    let mut f = uncounted(&s).1;
+    f.sort();
+    assert_eq!(f, vec!["a-uid", "b-uid"]);
+}
+
+#[test]
+fn pod_condition_fail_job_message() {
+    let j = with_policy(
+        running(job(Some(3), 1), 0),
+        vec![condition_rule("FailJob", "DisruptionTarget")],
+    );
+    let p = run(
+        &j,
+        &[pod("a", "Failed").cond("DisruptionTarget", "True", t(5))],
+    );
+    let s = p.status.unwrap();
+    assert_eq!(
+        find(conditions(&s), FAILURE_TARGET)
+            .unwrap()
+            .message
+            .as_deref(),
+        Some("Pod ns/a has condition DisruptionTarget matching FailJob rule at index 0")
+    );
+}
+
+#[test]
+fn ignored_failure_is_not_counted_but_loses_its_finalizer() {
+    let mut j = with_policy(
+        running(job(Some(3), 1), 0),
+        vec![condition_rule("Ignore", "DisruptionTarget")],
+    );
+    spec(&mut j).backoff_limit = Some(0);
+    let p = run(
+        &j,
+        &[pod("a", "Failed").cond("DisruptionTarget", "True", t(5))],
+    );
+    let s = status_after(&j, &p);
+    assert!(uncounted(&s).1.is_empty());
+    assert!(
+        !has_cond(&s, FAILURE_TARGET),
+        "ignored failures do not reach backoffLimit 0"
+    );
+    assert_eq!(names(&p.remove_finalizers), vec!["a"]);
+    assert_eq!(p.outcome.failure_policy_actions.get("Ignore"), Some(&1));
+}
+
+#[test]
+fn pod_failure_policy_defaults_replacement_to_failed_pods_only() {
+    let j = with_policy(
+        running(job(Some(2), 1), 0),
+        vec![exit_rule("Count", "In", &[1], None)],
+    );
+    let p = run(&j, &[pod("a", "Running").deleting()]);
+    assert!(
+        p.create.is_empty(),
+        "a terminating pod is not replaced under policy Failed"
+    );
+    assert!(
+        uncounted(&status_after(&j, &p)).1.is_empty(),
+        "nor counted as failed"
+    );
+}
+
+// ---------------------------------------------------------------- backoffLimitPerIndex
+
+fn per_index_job(completions: i32, limit: i32) -> Job {
+    let mut j = running(indexed_job(completions, completions), 0);
+    spec(&mut j).backoff_limit_per_index = Some(limit);
+    spec(&mut j).backoff_limit = Some(i32::MAX);
+    st(&mut j).failed_indexes = Some(String::new());
+    j
+}
+
+#[test]
+fn per_index_replacement_carries_failure_count() {
+    let j = per_index_job(2, 2);
+    let pods = [
+        pod("a", "Failed").index(0).exit("main", 1, 900),
+        pod("b", "Running").index(1),
+    ];
+    let p = run(&j, &pods);
+    assert_eq!(p.create.len(), 1);
+    let ann = p.create[0].metadata.annotations.clone().unwrap();
+    assert_eq!(ann[pods::COMPLETION_INDEX], "0");
+    assert_eq!(ann[pods::INDEX_FAILURE_COUNT], "1");
+    assert!(!ann.contains_key(pods::INDEX_IGNORED_FAILURE_COUNT));
+    assert!(
+        p.remove_finalizers.is_empty(),
+        "the failed pod keeps its finalizer until its replacement exists"
+    );
+    let s = p.status.unwrap();
+    assert!(uncounted(&s).1.is_empty());
+    // With the replacement running, the failed pod is counted and released.
+    let pods = [
+        pod("a", "Failed").index(0).exit("main", 1, 900),
+        pod("c", "Pending")
+            .index(0)
+            .annotation(pods::INDEX_FAILURE_COUNT, "1"),
+        pod("b", "Running").index(1),
+    ];
+    let p2 = run(&j, &pods);
+    assert_eq!(names(&p2.remove_finalizers), vec!["a"]);
+    assert_eq!(uncounted(&p2.status.unwrap()).1, vec!["a-uid"]);
+}
+
+#[test]
+fn first_pods_of_per_index_job_have_zero_failure_count() {
+    let mut j = indexed_job(2, 2);
+    spec(&mut j).backoff_limit_per_index = Some(1);
+    let p = run(&j, &[]);
+    for c in &p.create {
+        assert_eq!(
+            c.metadata.annotations.as_ref().unwrap()[pods::INDEX_FAILURE_COUNT],
+            "0"
+        );
+    }
+    assert_eq!(p.status.unwrap().failed_indexes.as_deref(), Some(""));
+}
+
+#[test]
+fn per_index_backoff_delays_the_replacement() {
+    let j = per_index_job(2, 3);
+    let pods = [
+        pod("a", "Failed")
+            .index(0)
+            .exit("main", 1, 995)
+            .annotation(pods::INDEX_FAILURE_COUNT, "1"),
+        pod("b", "Running").index(1),
+    ];
+    let p = run(&j, &pods);
+    assert!(p.create.is_empty());
+    assert_eq!(
+        p.requeue_after,
+        Some(Duration::from_secs(15)),
+        "second failure: 20 s from 995"
+    );
+}
+
+#[test]
+fn index_fails_after_its_limit_and_is_not_recreated() {
+    let j = per_index_job(3, 1);
+    let pods = [
+        pod("a", "Failed")
+            .index(0)
+            .exit("main", 1, 900)
+            .annotation(pods::INDEX_FAILURE_COUNT, "1"),
+        pod("b", "Running").index(1),
+        pod("c", "Running").index(2),
+    ];
+    let p = run(&j, &pods);
+    let s = p.status.unwrap();
+    assert_eq!(s.failed_indexes.as_deref(), Some("0"));
+    assert!(p.create.is_empty());
+    assert_eq!(uncounted(&s).1, vec!["a-uid"]);
+    assert!(!has_cond(&s, FAILURE_TARGET));
+}
+
+#[test]
+fn failed_indexes_fail_the_job_when_all_indexes_are_done() {
+    let mut j = per_index_job(2, 0);
+    st(&mut j).completed_indexes = Some("1".into());
+    st(&mut j).succeeded = Some(1);
+    let p = run(&j, &[pod("a", "Failed").index(0)]);
+    let s = p.status.unwrap();
+    let ft = find(conditions(&s), FAILURE_TARGET).unwrap();
+    assert_eq!(
+        (ft.reason.as_deref(), ft.message.as_deref()),
+        (Some(REASON_FAILED_INDEXES), Some(MESSAGE_FAILED_INDEXES))
+    );
+}
+
+#[test]
+fn max_failed_indexes_exceeded_fails_the_job() {
+    let mut j = per_index_job(4, 0);
+    spec(&mut j).max_failed_indexes = Some(1);
+    let pods = [
+        pod("a", "Failed").index(0),
+        pod("b", "Failed").index(1),
+        pod("c", "Running").index(2),
+    ];
+    let p = run(&j, &pods);
+    let s = p.status.unwrap();
+    let ft = find(conditions(&s), FAILURE_TARGET).unwrap();
+    assert_eq!(ft.reason.as_deref(), Some(REASON_MAX_FAILED_INDEXES));
+    assert_eq!(ft.message.as_deref(), Some(MESSAGE_MAX_FAILED_INDEXES));
+    assert_eq!(s.failed_indexes.as_deref(), Some("0,1"));
+}
+
+#[test]
+fn fail_index_action_fails_the_index_at_once() {
+    let j = with_policy(
+        per_index_job(2, 5),
+        vec![exit_rule("FailIndex", "In", &[7], None)],
+    );
+    let p = run(
+        &j,
+        &[
+            pod("a", "Failed").index(0).exit("main", 7, 900),
+            pod("b", "Running").index(1),
+        ],
+    );
+    let s = p.status.unwrap();
+    assert_eq!(s.failed_indexes.as_deref(), Some("0"));
+    assert_eq!(p.outcome.failure_policy_actions.get("FailIndex"), Some(&1));
+    assert!(p.create.is_empty());
+}
+
+#[test]
+fn ignored_failure_counts_in_ignored_annotation() {
+    let j = with_policy(
+        per_index_job(1, 1),
+        vec![condition_rule("Ignore", "DisruptionTarget")],
+    );
+    let p = run(
+        &j,
+        &[pod("a", "Failed")
+            .index(0)
+            .cond("DisruptionTarget", "True", t(900))],
+    );
+    let ann = p.create[0].metadata.annotations.clone().unwrap();
+    assert_eq!(ann[pods::INDEX_FAILURE_COUNT], "0");
+    assert_eq!(ann[pods::INDEX_IGNORED_FAILURE_COUNT], "1");
+}
+
+// ---------------------------------------------------------------- successPolicy
+
+type RuleSpec<'a> = (Option<&'a str>, Option<i32>);
+
+fn with_success_policy(mut j: Job, rules: Vec<(Option<&str>, Option<i32>)>) -> Job {
+    spec(&mut j).success_policy = Some(SuccessPolicy {
+        rules: rules
+            .into_iter()
+            .map(|(idx, count)| SuccessPolicyRule {
+                succeeded_indexes: idx.map(String::from),
+                succeeded_count: count,
+            })
+            .collect(),
+    });
+    j
+}
+
+#[test]
+fn success_policy_rules_match() {
+    let cases: Vec<(Vec<RuleSpec>, &str, Option<&str>)> = vec![
+        (
+            vec![(Some("0"), None)],
+            "0",
+            Some("Matched rules at index 0"),
+        ),
+        (vec![(Some("0-2"), None)], "0,1", None),
+        (
+            vec![(Some("0-2"), Some(2))],
+            "0,1",
+            Some("Matched rules at index 0"),
+        ),
+        (
+            vec![(Some("5"), None), (None, Some(2))],
+            "3,4",
+            Some("Matched rules at index 1"),
+        ),
+        (vec![(None, Some(3))], "0,4", None),
+        (vec![(Some("9"), None)], "0", None),
+    ];
+    for (rules, succeeded, want) in cases {
+        let policy = SuccessPolicy {
+            rules: rules
+                .iter()
+                .map(|(i, c)| SuccessPolicyRule {
+                    succeeded_indexes: i.map(String::from),
+                    succeeded_count: *c,
+                })
+                .collect(),
+        };
+        let got = success_policy::matched(Some(&policy), 5, &Intervals::parse(succeeded, 5));
+        assert_eq!(got.as_deref(), want, "{rules:?} {succeeded}");
+    }
+}
+
+#[test]
+fn success_policy_met_removes_pods_then_completes() {
+    let mut sim = Sim::new(with_success_policy(
+        indexed_job(3, 3),
+        vec![(Some("0"), None)],
+    ));
+    sim.apply(&sim.plan(), 4);
+    let leader = sim
+        .pods
+        .iter()
+        .position(|p| pods::completion_index(p) == Some(0))
+        .unwrap();
+    sim.set_phase(leader, "Succeeded");
+    let p = sim.plan();
+    let s = p.status.clone().unwrap();
+    let scm = find(conditions(&s), SUCCESS_CRITERIA_MET).unwrap();
+    assert_eq!(
+        (scm.reason.as_deref(), scm.message.as_deref()),
+        (
+            Some(REASON_SUCCESS_POLICY),
+            Some("Matched rules at index 0")
+        )
+    );
+    assert_eq!(p.delete.len(), 2);
+    sim.apply(&p, 4);
+    sim.settle();
+    let s = sim.status();
+    let complete = find(conditions(&s), COMPLETE).unwrap();
+    assert_eq!(complete.reason.as_deref(), Some(REASON_SUCCESS_POLICY));
+    assert_eq!(s.completed_indexes.as_deref(), Some("0"));
+    assert_eq!((s.succeeded, s.failed), (Some(1), None));
 }
