@@ -1873,3 +1873,41 @@ fn success_policy_met_removes_pods_then_completes() {
     assert_eq!(s.completed_indexes.as_deref(), Some("0"));
     assert_eq!((s.succeeded, s.failed), (Some(1), None));
 }
+
+/// A grid of Jobs and pod mixes: every plan must pass validation, never create and delete
+/// at once, and never plan more than 500 of either.
+#[test]
+fn grid_of_jobs_always_yields_valid_plans() {
+    let phases = ["Pending", "Running", "Succeeded", "Failed"];
+    let mut checked = 0;
+    for indexed in [false, true] {
+        for completions in [1, 3] {
+            for parallelism in [0, 1, 3] {
+                for mix in 0..64u32 {
+                    let mut j = if indexed {
+                        running(indexed_job(completions, parallelism), 0)
+                    } else {
+                        running(job(Some(completions), parallelism), 0)
+                    };
+                    spec(&mut j).backoff_limit = Some(1);
+                    let pods: Vec<P> = (0..3)
+                        .map(|n| {
+                            let mut p =
+                                pod(&format!("p{n}"), phases[((mix >> (2 * n)) & 3) as usize])
+                                    .index(n);
+                            if mix % 5 == 0 {
+                                p = p.deleting();
+                            }
+                            p
+                        })
+                        .collect();
+                    let p = run(&j, &pods);
+                    assert!(p.create.is_empty() || p.delete.is_empty());
+                    assert!(p.create.len() <= 500 && p.delete.len() <= 500);
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 768);
+}
