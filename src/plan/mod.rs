@@ -22,6 +22,19 @@ use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 
+pub mod backoff;
+pub mod failure_policy;
+pub mod indexed;
+pub mod pods;
+pub mod status;
+pub mod success_policy;
+mod sync;
+pub mod template;
+#[cfg(test)]
+mod tests;
+
+pub use sync::{MAX_POD_CREATE_DELETE_PER_SYNC, MAX_UNCOUNTED_PODS};
+
 /// The finalizer that keeps a finished pod around until the Job status counts it.
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 
@@ -126,7 +139,11 @@ impl Plan {
 }
 
 /// Plans the next step for one Job. Pure: the same snapshot always gives the same plan.
+///
+/// Besides the order above, the executor is expected to apply `adopt` before writing
+/// `status` (adopted pods are counted as owned, with the tracking finalizer), and to keep
+/// `backoff` only once `status` was written (or when `status` is `None`), as the failures
+/// it counts are the ones this plan moves into `uncountedTerminatedPods`.
 pub fn plan(snapshot: &Snapshot<'_>) -> Plan {
-    let _ = snapshot;
-    Plan::default()
+    sync::plan(snapshot)
 }

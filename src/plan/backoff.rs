@@ -1,0 +1,101 @@
+//! Pod failure backoff: after n failures since the last success the next pod waits
+//! 10 s · 2^(n−1), at most 10 min, counted from the last failure.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+
+use super::BackoffRecord;
+use super::pods::finish_time;
+
+pub const INITIAL: Duration = Duration::from_secs(10);
+pub const MAX: Duration = Duration::from_secs(600);
+
+/// The record after this sync's newly finished pods (not yet counted in the status).
+/// A success resets the count to the failures that finished after the latest success.
+pub fn next_record(
+    old: &BackoffRecord,
+    new_succeeded: &[&Pod],
+    new_failed: &[&Pod],
+) -> BackoffRecord {
+    let mut failed_times: Vec<Timestamp> = new_failed.iter().map(|p| finish_time(p)).collect();
+    failed_times.sort();
+    let Some(last_success) = new_succeeded.iter().map(|p| finish_time(p)).max() else {
+        let Some(&last_failure) = failed_times.last() else {
+            return old.clone();
+        };
+        return BackoffRecord {
+            failures_after_last_success: old.failures_after_last_success
+                + failed_times.len() as u32,
+            last_failure_time: Some(last_failure),
+        };
+    };
+    let after: Vec<Timestamp> = failed_times
+        .into_iter()
+        .filter(|t| *t > last_success)
+        .collect();
+    BackoffRecord {
+        failures_after_last_success: after.len() as u32,
+        last_failure_time: after.last().copied(),
+    }
+}
+
+pub fn delay_for(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let mut delay = INITIAL;
+    for _ in 1..failures {
+        delay *= 2;
+        if delay >= MAX {
+            return MAX;
+        }
+    }
+    delay
+}
+
+/// Time left before a new pod may be created; zero when it may be created now.
+pub fn remaining(failures: u32, last_failure: Option<Timestamp>, now: Timestamp) -> Duration {
+    let (delay, Some(last)) = (delay_for(failures), last_failure) else {
+        return Duration::ZERO;
+    };
+    let elapsed = now.duration_since(last);
+    let elapsed = if elapsed.is_negative() {
+        Duration::ZERO
+    } else {
+        elapsed.unsigned_abs()
+    };
+    delay.saturating_sub(elapsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_ten_seconds_and_caps_at_ten_minutes() {
+        let cases = [
+            (0, 0),
+            (1, 10),
+            (2, 20),
+            (3, 40),
+            (4, 80),
+            (6, 320),
+            (7, 600),
+            (30, 600),
+        ];
+        for (failures, secs) in cases {
+            assert_eq!(delay_for(failures), Duration::from_secs(secs), "{failures}");
+        }
+    }
+
+    #[test]
+    fn remaining_backoff_counts_from_last_failure() {
+        let last: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let now: Timestamp = "2026-01-01T00:00:15Z".parse().unwrap();
+        assert_eq!(remaining(2, Some(last), now), Duration::from_secs(5));
+        assert_eq!(remaining(1, Some(last), now), Duration::ZERO);
+        assert_eq!(remaining(3, None, now), Duration::ZERO);
+    }
+}

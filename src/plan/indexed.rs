@@ -1,0 +1,227 @@
+//! Completion indexes of Indexed Jobs and the interval lists (`1,3-5,7`) that
+//! `completedIndexes`, `failedIndexes` and successPolicy rules are written in.
+
+use std::fmt;
+
+/// Sorted, non-overlapping, non-adjacent closed intervals of completion indexes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Intervals(pub Vec<(i32, i32)>);
+
+impl Intervals {
+    /// Parses an interval list the way the Job controller reads its own status: corrupt
+    /// pieces are skipped, anything at or past `completions` is cut off.
+    pub fn parse(text: &str, completions: i32) -> Self {
+        let mut out: Vec<(i32, i32)> = Vec::new();
+        if text.is_empty() {
+            return Self(out);
+        }
+        for piece in text.split(',') {
+            let mut limits = piece.split('-');
+            let Some(Ok(first)) = limits.next().map(str::parse::<i32>) else {
+                continue;
+            };
+            if first >= completions {
+                break;
+            }
+            let last = match limits.next() {
+                Some(s) => match s.parse::<i32>() {
+                    Ok(last) => last.min(completions - 1),
+                    Err(_) => continue,
+                },
+                None => first,
+            };
+            match out.last_mut() {
+                Some(prev) if prev.1 == first - 1 => prev.1 = last,
+                _ => out.push((first, last)),
+            }
+        }
+        Self(out)
+    }
+
+    /// Whether `text` is a well-formed list whose indexes are all below `completions`
+    /// (what the apiserver checks for Jobs with a custom managedBy).
+    pub fn is_valid_list(text: &str, completions: i32) -> bool {
+        if text.is_empty() {
+            return true;
+        }
+        let mut previous_last: Option<i64> = None;
+        for piece in text.split(',') {
+            let mut limits = piece.splitn(2, '-');
+            let first = limits.next().and_then(parse_plain);
+            let last = match limits.next() {
+                Some(s) => parse_plain(s),
+                None => first,
+            };
+            let (Some(first), Some(last)) = (first, last) else {
+                return false;
+            };
+            if first > last || last >= i64::from(completions) {
+                return false;
+            }
+            if let Some(prev) = previous_last
+                && first <= prev
+            {
+                return false;
+            }
+            previous_last = Some(last);
+        }
+        true
+    }
+
+    pub fn from_indexes(indexes: &[i32]) -> Self {
+        let mut sorted = indexes.to_vec();
+        sorted.sort_unstable();
+        Self::default().with_indexes(&sorted)
+    }
+
+    /// A new list that also holds `sorted` (ascending, duplicates allowed).
+    pub fn with_indexes(&self, sorted: &[i32]) -> Self {
+        self.merge(&Intervals(sorted.iter().map(|&i| (i, i)).collect()))
+    }
+
+    pub fn merge(&self, other: &Intervals) -> Self {
+        let mut out: Vec<(i32, i32)> = Vec::new();
+        let mut push = |iv: (i32, i32)| match out.last_mut() {
+            Some(last) if iv.0 <= last.1.saturating_add(1) => last.1 = last.1.max(iv.1),
+            _ => out.push(iv),
+        };
+        let (mut i, mut j) = (0, 0);
+        while i < self.0.len() && j < other.0.len() {
+            if self.0[i].0 < other.0[j].0 {
+                push(self.0[i]);
+                i += 1;
+            } else {
+                push(other.0[j]);
+                j += 1;
+            }
+        }
+        self.0[i..]
+            .iter()
+            .chain(&other.0[j..])
+            .for_each(|&iv| push(iv));
+        Self(out)
+    }
+
+    pub fn total(&self) -> i32 {
+        self.0.iter().map(|(a, b)| b - a + 1).sum()
+    }
+
+    pub fn has(&self, index: i32) -> bool {
+        let pos = self.0.partition_point(|iv| iv.1 < index);
+        pos < self.0.len() && self.0[pos].0 <= index
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn overlaps(&self, other: &Intervals) -> bool {
+        self.0
+            .iter()
+            .any(|&(a, b)| other.0.iter().any(|&(c, d)| a <= d && c <= b))
+    }
+}
+
+fn parse_plain(s: &str) -> Option<i64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+impl fmt::Display for Intervals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, &(first, last)) in self.0.iter().enumerate() {
+            if n > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{first}")?;
+            if last == first + 1 {
+                write!(f, ",{last}")?;
+            } else if last > first {
+                write!(f, "-{last}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `count` lowest indexes below `completions` not covered by `taken`.
+pub fn first_pending(taken: &Intervals, count: usize, completions: i32) -> Vec<i32> {
+    let mut out = Vec::with_capacity(count.min(completions.max(0) as usize));
+    let mut candidate = 0;
+    for &(first, last) in &taken.0 {
+        while candidate < completions && out.len() < count && candidate < first {
+            out.push(candidate);
+            candidate += 1;
+        }
+        candidate = candidate.max(last + 1);
+    }
+    while candidate < completions && out.len() < count {
+        out.push(candidate);
+        candidate += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_strings_round_trip() {
+        let cases = [
+            ("", "", 10),
+            ("0", "0", 10),
+            ("0,1", "0,1", 10),
+            ("0-2", "0-2", 10),
+            ("1,3-5,7", "1,3-5,7", 10),
+            ("0,1,2,5", "0-2,5", 10),
+            ("3-9", "3-5", 6),
+            ("7,8", "", 5),
+            ("x,2", "2", 5),
+        ];
+        for (input, want, completions) in cases {
+            assert_eq!(
+                Intervals::parse(input, completions).to_string(),
+                want,
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn merging_joins_neighbours() {
+        let base = Intervals::parse("1,5-6", 100);
+        assert_eq!(base.with_indexes(&[0, 2, 3, 4]).to_string(), "0-6");
+        assert_eq!(base.with_indexes(&[9, 9]).to_string(), "1,5,6,9");
+        assert_eq!(base.total(), 3);
+        assert!(base.has(5) && base.has(1) && !base.has(2) && !base.has(7));
+    }
+
+    #[test]
+    fn first_pending_skips_taken_indexes() {
+        let taken = Intervals::parse("0,2-3,6", 10);
+        assert_eq!(first_pending(&taken, 3, 10), vec![1, 4, 5]);
+        assert_eq!(first_pending(&taken, 10, 8), vec![1, 4, 5, 7]);
+        assert_eq!(first_pending(&Intervals::default(), 2, 1), vec![0]);
+        assert!(first_pending(&taken, 0, 10).is_empty());
+    }
+
+    #[test]
+    fn index_list_validation_matches_apiserver_rules() {
+        for (text, ok) in [
+            ("", true),
+            ("0,2-4", true),
+            ("2,1", false),
+            ("1-1", true),
+            ("3-2", false),
+            ("0,0", false),
+            ("a", false),
+            ("0-10", false),
+            ("-1", false),
+        ] {
+            assert_eq!(Intervals::is_valid_list(text, 10), ok, "{text}");
+        }
+    }
+}

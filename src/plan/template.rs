@@ -1,0 +1,135 @@
+//! The pod a Job asks for: its template plus the controller ownerReference, the tracking
+//! finalizer and, for Indexed Jobs, the completion index (annotation, label, hostname,
+//! generateName, JOB_COMPLETION_INDEX) and per-index failure counts.
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+use super::TRACKING_FINALIZER;
+use super::pods::{COMPLETION_INDEX, INDEX_FAILURE_COUNT, INDEX_IGNORED_FAILURE_COUNT};
+
+/// Generated names get 5 random characters; names are at most 63.
+const MAX_GENERATE_NAME_PREFIX: usize = 58;
+const INDEX_ENV: &str = "JOB_COMPLETION_INDEX";
+
+/// Per-index failure counts to carry to the replacement pod (backoffLimitPerIndex).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexFailureCounts {
+    pub failed: i32,
+    pub ignored: i32,
+}
+
+pub fn generate_name(job_name: &str, index: Option<i32>) -> String {
+    let Some(index) = index else {
+        return format!("{job_name}-");
+    };
+    let suffix = format!("-{index}-");
+    let mut prefix = format!("{job_name}{suffix}");
+    if prefix.len() > MAX_GENERATE_NAME_PREFIX {
+        let mut keep = MAX_GENERATE_NAME_PREFIX - suffix.len();
+        while !job_name.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        prefix = format!("{}{suffix}", &job_name[..keep]);
+    }
+    prefix
+}
+
+/// Builds the pod to create. The template's labels already hold the selector labels the
+/// apiserver generated (controller-uid, job-name and their batch.kubernetes.io forms).
+pub fn build_pod(job: &Job, index: Option<i32>, failure_counts: Option<IndexFailureCounts>) -> Pod {
+    let job_name = job.metadata.name.clone().unwrap_or_default();
+    let template = job
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    let template_meta = template.metadata.unwrap_or_default();
+    let mut spec = template.spec.unwrap_or_default();
+    let mut labels = template_meta.labels.unwrap_or_default();
+    let mut annotations = template_meta.annotations.unwrap_or_default();
+    let mut finalizers = template_meta.finalizers.unwrap_or_default();
+    if !finalizers.iter().any(|f| f == TRACKING_FINALIZER) {
+        finalizers.push(TRACKING_FINALIZER.to_string());
+    }
+    if let Some(index) = index {
+        annotations.insert(COMPLETION_INDEX.to_string(), index.to_string());
+        labels.insert(COMPLETION_INDEX.to_string(), index.to_string());
+        spec.hostname = Some(format!("{job_name}-{index}"));
+        for c in spec.init_containers.iter_mut().flatten() {
+            add_index_env(c);
+        }
+        for c in spec.containers.iter_mut() {
+            add_index_env(c);
+        }
+        if let Some(counts) = failure_counts {
+            annotations.insert(INDEX_FAILURE_COUNT.to_string(), counts.failed.to_string());
+            if counts.ignored > 0 {
+                annotations.insert(
+                    INDEX_IGNORED_FAILURE_COUNT.to_string(),
+                    counts.ignored.to_string(),
+                );
+            }
+        }
+    }
+    let owner = OwnerReference {
+        api_version: "batch/v1".to_string(),
+        kind: "Job".to_string(),
+        name: job_name.clone(),
+        uid: job.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(generate_name(&job_name, index)),
+            namespace: job.metadata.namespace.clone(),
+            labels: (!labels.is_empty()).then_some(labels),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            finalizers: Some(finalizers),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+/// JOB_COMPLETION_INDEX from the index label (the PodIndexLabel feature is GA, so
+/// upstream points the fieldRef at the label), unless the container sets it already.
+fn add_index_env(container: &mut Container) {
+    let env = container.env.get_or_insert_with(Vec::new);
+    if env.iter().any(|e| e.name == INDEX_ENV) {
+        return;
+    }
+    env.push(EnvVar {
+        name: INDEX_ENV.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: None,
+                field_path: format!("metadata.labels['{COMPLETION_INDEX}']"),
+            }),
+            ..EnvVarSource::default()
+        }),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generate_name_truncates_job_part_to_keep_prefix_within_58() {
+        assert_eq!(generate_name("pi", None), "pi-");
+        assert_eq!(generate_name("pi", Some(3)), "pi-3-");
+        let long = "a".repeat(63);
+        let name = generate_name(&long, Some(12));
+        assert_eq!(name.len(), 58);
+        assert!(name.ends_with("a-12-"));
+        let exact = "b".repeat(55);
+        assert_eq!(generate_name(&exact, Some(1)), format!("{exact}-1-"));
+        assert_eq!(generate_name(&"b".repeat(56), Some(1)).len(), 58);
+    }
+}
