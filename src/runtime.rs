@@ -185,11 +185,19 @@ async fn sync(job: Arc<Job>, ctx: &Context) -> Result<Action, SyncError> {
             now: Timestamp::now(),
         };
         let plan = plan::plan(&snapshot);
-        ctx.backoff
-            .lock()
-            .expect("backoff lock")
-            .insert(uid, plan.backoff.clone());
+        let keep_backoff = |ctx: &Context, record: BackoffRecord| {
+            ctx.backoff
+                .lock()
+                .expect("backoff lock")
+                .insert(uid.clone(), record);
+        };
         let requeue = plan.requeue_after;
+        // The backoff record counts failures the status records: keep it only once that
+        // status is written, or a retried sync would count the same failures again.
+        let backoff_after_write = plan.status.is_some().then(|| plan.backoff.clone());
+        if plan.status.is_none() {
+            keep_backoff(ctx, plan.backoff.clone());
+        }
         if plan.is_noop() {
             return Ok(action_for(requeue));
         }
@@ -199,7 +207,11 @@ async fn sync(job: Arc<Job>, ctx: &Context) -> Result<Action, SyncError> {
             recorder: &ctx.recorder,
             metrics: &ctx.metrics,
         };
-        match executor.apply(&view.job, &view.pods, plan).await? {
+        let step = executor.apply(&view.job, &view.pods, plan).await?;
+        if let (Step::Settled | Step::Again, Some(record)) = (&step, backoff_after_write) {
+            keep_backoff(ctx, record);
+        }
+        match step {
             Step::Settled => return Ok(action_for(requeue)),
             Step::Again => {}
             Step::Conflict(None) => return Ok(Action::await_change()),
