@@ -12,7 +12,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::expectations::Expectations;
 use crate::metrics::SharedMetrics;
@@ -168,7 +168,7 @@ impl Executor<'_> {
         for event in plan.events {
             self.publish(&job_ref, event);
         }
-        if deleted + created + removed > 0 || wrote_status || !plan.decisions.is_empty() {
+        if !plan.decisions.is_empty() {
             info!(
                 job = %key,
                 created,
@@ -176,12 +176,11 @@ impl Executor<'_> {
                 finalizers_removed = removed,
                 status_written = wrote_status,
                 "{}",
-                if plan.decisions.is_empty() {
-                    "synced".to_string()
-                } else {
-                    plan.decisions.join("; ")
-                }
+                plan.decisions.join("; ")
             );
+        } else if deleted + created + removed > 0 || wrote_status {
+            // Counters moving (ready, active) without a decision: not worth an info line.
+            debug!(job = %key, created, deleted, finalizers_removed = removed, status_written = wrote_status, "status updated");
         }
         if let Some((result, reason)) = &plan.outcome.finished
             && wrote_status

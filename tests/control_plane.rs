@@ -47,7 +47,10 @@ async fn built_in_job_controller_skips_jobs_managed_by_another_controller() {
     env.create_job(&driven_job("theirs", None)).await;
     env.wait_active("theirs", 1).await;
     assert!(env.pods_of("ours").await.is_empty());
-    assert_eq!(env.job("ours").await.status, None);
+    assert_eq!(
+        env.job("ours").await.status.unwrap_or_default(),
+        JobStatus::default()
+    );
 }
 
 #[tokio::test]

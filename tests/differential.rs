@@ -37,7 +37,12 @@ impl<'a> Twins<'a> {
         ]
     }
 
-    async fn each_pod(&self, pods: &[Vec<Pod>; 2], pick: impl Fn(usize, &Pod) -> bool, outcome: Outcome) {
+    async fn each_pod(
+        &self,
+        pods: &[Vec<Pod>; 2],
+        pick: impl Fn(usize, &Pod) -> bool,
+        outcome: Outcome,
+    ) {
         for job_pods in pods {
             for (i, pod) in job_pods.iter().enumerate() {
                 if pick(i, pod) {
@@ -51,7 +56,11 @@ impl<'a> Twins<'a> {
         }
     }
 
-    async fn wait_both(&self, what: &str, check: impl Fn(&JobStatus) -> bool + Copy) -> [JobStatus; 2] {
+    async fn wait_both(
+        &self,
+        what: &str,
+        check: impl Fn(&JobStatus) -> bool + Copy,
+    ) -> [JobStatus; 2] {
         [
             self.env.wait_status(&self.names[0], what, check).await,
             self.env.wait_status(&self.names[1], what, check).await,
@@ -62,7 +71,11 @@ impl<'a> Twins<'a> {
         for name in &self.names {
             self.env
                 .jobs()
-                .patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec })))
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "spec": spec })),
+                )
                 .await
                 .expect("patching the Job spec");
         }
@@ -74,9 +87,10 @@ impl<'a> Twins<'a> {
         let [ours, reference] = self
             .wait_both(&format!("{condition} with nothing uncounted"), |s| {
                 has_condition(s, condition)
-                    && s.uncounted_terminated_pods
-                        .as_ref()
-                        .is_none_or(|u| u.succeeded.as_ref().is_none_or(Vec::is_empty) && u.failed.as_ref().is_none_or(Vec::is_empty))
+                    && s.uncounted_terminated_pods.as_ref().is_none_or(|u| {
+                        u.succeeded.as_ref().is_none_or(Vec::is_empty)
+                            && u.failed.as_ref().is_none_or(Vec::is_empty)
+                    })
             })
             .await;
         assert_eq!(
@@ -85,21 +99,24 @@ impl<'a> Twins<'a> {
             "jobkeeper's status (left) differs from the built-in controller's (right)"
         );
         for name in &self.names {
-            wait_for(&format!("{name}: no pod holds the tracking finalizer"), Duration::from_secs(30), || async {
-                let holding = self
-                    .env
-                    .pods_of(name)
-                    .await
-                    .iter()
-                    .filter(|p| {
-                        p.metadata
-                            .finalizers
-                            .as_ref()
-                            .is_some_and(|f| f.iter().any(|f| f == "batch.kubernetes.io/job-tracking"))
-                    })
-                    .count();
-                (holding == 0).then_some(())
-            })
+            wait_for(
+                &format!("{name}: no pod holds the tracking finalizer"),
+                Duration::from_secs(30),
+                || async {
+                    let holding = self
+                        .env
+                        .pods_of(name)
+                        .await
+                        .iter()
+                        .filter(|p| {
+                            p.metadata.finalizers.as_ref().is_some_and(|f| {
+                                f.iter().any(|f| f == "batch.kubernetes.io/job-tracking")
+                            })
+                        })
+                        .count();
+                    (holding == 0).then_some(())
+                },
+            )
             .await;
         }
         self.env.assert_no_rejected_status().await;
@@ -148,11 +165,18 @@ async fn indexed_five_with_one_index_failing_once() {
     })
     .await;
     let pods = twins.active(5).await;
-    twins.each_pod(&pods, |_, p| index_of(p) == Some(2), Outcome::Fail(1)).await;
-    twins.each_pod(&pods, |_, p| index_of(p) != Some(2), Outcome::Succeed).await;
+    twins
+        .each_pod(&pods, |_, p| index_of(p) == Some(2), Outcome::Fail(1))
+        .await;
+    twins
+        .each_pod(&pods, |_, p| index_of(p) != Some(2), Outcome::Succeed)
+        .await;
     // Index 2 comes back after the pod failure backoff.
     let pods = twins.active(1).await;
-    assert!(pods.iter().all(|job_pods| index_of(&job_pods[0]) == Some(2)));
+    assert!(
+        pods.iter()
+            .all(|job_pods| index_of(&job_pods[0]) == Some(2))
+    );
     twins.each_pod(&pods, all, Outcome::Succeed).await;
     let end = twins.assert_same_end("Complete").await;
     assert_eq!(end.completed_indexes.as_deref(), Some("0-4"));
@@ -207,7 +231,9 @@ async fn suspended_then_resumed() {
         s.suspend = Some(true);
     })
     .await;
-    let [ours, reference] = twins.wait_both("Suspended", |s| has_condition(s, "Suspended")).await;
+    let [ours, reference] = twins
+        .wait_both("Suspended", |s| has_condition(s, "Suspended"))
+        .await;
     assert_eq!(comparable(&ours), comparable(&reference));
     assert!(env.pods_of(&twins.names[0]).await.is_empty());
     twins.patch_spec(json!({"suspend": false})).await;
@@ -220,7 +246,10 @@ async fn suspended_then_resumed() {
         .into_iter()
         .find(|c| c.type_ == "Suspended")
         .expect("the Suspended condition stays, False");
-    assert_eq!((suspended.status.as_str(), suspended.reason.as_deref()), ("False", Some("JobResumed")));
+    assert_eq!(
+        (suspended.status.as_str(), suspended.reason.as_deref()),
+        ("False", Some("JobResumed"))
+    );
 }
 
 #[tokio::test]
@@ -234,11 +263,15 @@ async fn suspended_while_running_deletes_pods_without_counting_them() {
     .await;
     let pods = twins.active(2).await;
     twins.each_pod(&pods, |i, _| i == 0, Outcome::Succeed).await;
-    twins.wait_both("one succeeded", |s| s.succeeded == Some(1)).await;
+    twins
+        .wait_both("one succeeded", |s| s.succeeded == Some(1))
+        .await;
     twins.patch_spec(json!({"suspend": true})).await;
     let [ours, reference] = twins
         .wait_both("Suspended with no pods left", |s| {
-            has_condition(s, "Suspended") && s.active.unwrap_or(0) == 0 && s.terminating.unwrap_or(0) == 0
+            has_condition(s, "Suspended")
+                && s.active.unwrap_or(0) == 0
+                && s.terminating.unwrap_or(0) == 0
         })
         .await;
     assert_eq!(comparable(&ours), comparable(&reference));
@@ -258,7 +291,9 @@ async fn completions_unset_completes_after_the_first_success_and_the_rest_finish
     .await;
     let pods = twins.active(3).await;
     twins.each_pod(&pods, |i, _| i == 0, Outcome::Succeed).await;
-    twins.wait_both("one succeeded", |s| s.succeeded == Some(1)).await;
+    twins
+        .wait_both("one succeeded", |s| s.succeeded == Some(1))
+        .await;
     // No replacement pods once one has succeeded.
     let pods = twins.active(2).await;
     twins.each_pod(&pods, all, Outcome::Succeed).await;
@@ -285,13 +320,17 @@ async fn parallelism_scaled_down_mid_run() {
         assert!(job_pods[0].status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
     }
     let [ours, reference] = twins
-        .wait_both("active=1, terminating=0", |s| s.active == Some(1) && s.terminating.unwrap_or(0) == 0)
+        .wait_both("active=1, terminating=0", |s| {
+            s.active == Some(1) && s.terminating.unwrap_or(0) == 0
+        })
         .await;
     assert_eq!(comparable(&ours), comparable(&reference));
     for k in 1..=4 {
         let pods = twins.active(1).await;
         twins.each_pod(&pods, all, Outcome::Succeed).await;
-        twins.wait_both(&format!("succeeded={k}"), move |s| s.succeeded == Some(k)).await;
+        twins
+            .wait_both(&format!("succeeded={k}"), move |s| s.succeeded == Some(k))
+            .await;
     }
     let end = twins.assert_same_end("Complete").await;
     assert_eq!(end.succeeded, Some(4));

@@ -452,6 +452,11 @@ pub fn plan(s: &Snapshot<'_>) -> Plan {
                     .push(event(EventType::Normal, "Suspended", "Job suspended"));
                 plan.decisions.push("Job suspended".to_string());
             }
+            // A suspended Job with no pod left running has not started: the 1.37 job
+            // controller clears startTime then, so a resume starts the clock afresh.
+            if active == 0 {
+                start_time = None;
+            }
         } else if ensure(
             &mut conditions,
             SUSPENDED,
