@@ -146,8 +146,10 @@ pub fn plan(s: &Snapshot<'_>) -> Plan {
         }
     }
     if !plan.adopt.is_empty() {
-        plan.decisions
-            .push(format!("adopting {} orphan pods", plan.adopt.len()));
+        plan.decisions.push(format!(
+            "adopting {}",
+            pods_word(plan.adopt.len(), "orphan pod")
+        ));
     }
     if !plan.release.is_empty() {
         plan.decisions.push(format!(
@@ -676,8 +678,8 @@ pub fn plan(s: &Snapshot<'_>) -> Plan {
     remove.dedup();
     if !remove.is_empty() {
         plan.decisions.push(format!(
-            "removing the tracking finalizer from {} pods",
-            remove.len()
+            "removing the tracking finalizer from {}",
+            pods_word(remove.len(), "pod")
         ));
     }
     plan.remove_finalizers = remove;
@@ -841,9 +843,10 @@ fn create_pods(
         if !wait.is_zero() {
             requeue_at_most(plan, wait);
             plan.decisions.push(format!(
-                "waiting {} s of pod failure backoff ({} failures) before creating {wanted} pods",
+                "waiting {} s of pod failure backoff ({}) before creating {}",
                 wait.as_secs(),
-                plan.backoff.failures_after_last_success
+                pods_word(plan.backoff.failures_after_last_success as usize, "failure"),
+                pods_word(wanted, "pod")
             ));
             return 0;
         }
@@ -852,7 +855,8 @@ fn create_pods(
     if !c.indexed {
         plan.create
             .extend((0..wanted).map(|_| template::build_pod(s.job, None, None)));
-        plan.decisions.push(format!("creating {wanted} pods"));
+        plan.decisions
+            .push(format!("creating {}", pods_word(wanted, "pod")));
         return wanted;
     }
     let mut taken: Vec<i32> = active
@@ -906,8 +910,8 @@ fn create_pods(
     }
     if !indexes.is_empty() {
         plan.decisions.push(format!(
-            "creating {} pods for indexes {}",
-            indexes.len(),
+            "creating {} for indexes {}",
+            pods_word(indexes.len(), "pod"),
             Intervals::from_indexes(&indexes)
         ));
     }
@@ -990,4 +994,13 @@ fn rule_sentence(
         sentence.push_str(&format!(", next sync in {} s", r.as_secs()));
     }
     sentence
+}
+
+/// "1 pod", "3 pods": counts in log lines read as sentences.
+fn pods_word(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
