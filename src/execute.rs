@@ -12,6 +12,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::expectations::Expectations;
@@ -72,7 +73,7 @@ pub enum Step {
 pub struct Executor<'a> {
     pub client: &'a Client,
     pub expectations: &'a Expectations,
-    pub recorder: &'a Recorder,
+    pub events: &'a EventSink,
     pub metrics: &'a SharedMetrics,
 }
 
@@ -447,23 +448,43 @@ impl Executor<'_> {
     }
 
     fn publish(&self, job_ref: &ObjectReference, event: JobEvent) {
-        let recorder = self.recorder.clone();
-        let job_ref = job_ref.clone();
-        tokio::spawn(async move {
-            let event = Event {
-                type_: match event.type_ {
-                    EventType::Normal => KubeEventType::Normal,
-                    EventType::Warning => KubeEventType::Warning,
-                },
-                reason: event.reason,
-                note: Some(event.message),
-                action: "Sync".into(),
-                secondary: None,
-            };
-            if let Err(e) = recorder.publish(&event, &job_ref).await {
-                tracing::debug!(error = %e, "could not publish an event");
+        self.events.publish(job_ref, event);
+    }
+}
+
+/// Publishes events one at a time, in order, from one task: kube's `Recorder` folds
+/// repeats of a reason into a series, and concurrent publishes of one series lose counts.
+#[derive(Clone)]
+pub struct EventSink {
+    tx: mpsc::UnboundedSender<(ObjectReference, JobEvent)>,
+}
+
+impl EventSink {
+    /// The sink and the task that drains it (run it for as long as the controller runs).
+    pub fn new(recorder: Recorder) -> (EventSink, impl std::future::Future<Output = ()>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(ObjectReference, JobEvent)>();
+        let worker = async move {
+            while let Some((job_ref, event)) = rx.recv().await {
+                let event = Event {
+                    type_: match event.type_ {
+                        EventType::Normal => KubeEventType::Normal,
+                        EventType::Warning => KubeEventType::Warning,
+                    },
+                    reason: event.reason,
+                    note: Some(event.message),
+                    action: "Sync".into(),
+                    secondary: None,
+                };
+                if let Err(e) = recorder.publish(&event, &job_ref).await {
+                    debug!(error = %e, "could not publish an event");
+                }
             }
-        });
+        };
+        (EventSink { tx }, worker)
+    }
+
+    pub fn publish(&self, job_ref: &ObjectReference, event: JobEvent) {
+        self.tx.send((job_ref.clone(), event)).ok();
     }
 }
 

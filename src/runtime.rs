@@ -18,11 +18,11 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector::store::Writer};
 use kube::{Api, Client, ResourceExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::config::BUILT_IN_MANAGER;
-use crate::execute::{self, ExecuteError, Executor, Step};
+use crate::execute::{self, EventSink, ExecuteError, Executor, Step};
 use crate::expectations::Expectations;
 use crate::metrics::SharedMetrics;
 use crate::plan::{self, BackoffRecord, Snapshot};
@@ -84,8 +84,9 @@ pub struct Context {
     pub expectations: Expectations,
     pub backoff: Mutex<HashMap<String, BackoffRecord>>,
     pub errors: Mutex<HashMap<String, u32>>,
-    pub recorder: Recorder,
+    pub events: EventSink,
     pub metrics: SharedMetrics,
+    pub caches: Caches,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +137,7 @@ pub fn pods_of(pods: &Store<Pod>, job: &Job) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
 
 async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, SyncError> {
     // Never plan from an empty pod cache: that would create every pod again.
-    ctx.pods.wait_until_ready().await.ok();
+    ctx.caches.wait_until_ready().await;
     let started = Instant::now();
     let result = sync(job.clone(), &ctx).await;
     let uid = job.uid().unwrap_or_default();
@@ -204,7 +205,7 @@ async fn sync(job: Arc<Job>, ctx: &Context) -> Result<Action, SyncError> {
         let executor = Executor {
             client: &ctx.client,
             expectations: &ctx.expectations,
-            recorder: &ctx.recorder,
+            events: &ctx.events,
             metrics: &ctx.metrics,
         };
         let step = executor.apply(&view.job, &view.pods, plan).await?;
@@ -348,18 +349,48 @@ pub struct RuntimeConfig {
     pub reporter_instance: String,
 }
 
-/// Stores the controller fills, for readiness checks.
+/// Whether the controller's caches have synced, for readiness and for syncs that must
+/// not plan from an empty cache.
+///
+/// kube-runtime's `Store::wait_until_ready` wakes only one of several concurrent waiters
+/// (and the controller itself already waits on the Job store), so a single task polls
+/// both stores and publishes the answer on a channel any number of waiters can share.
 #[derive(Clone)]
 pub struct Caches {
-    pub jobs: Store<Job>,
-    pub pods: Store<Pod>,
+    synced: watch::Receiver<bool>,
 }
 
 impl Caches {
-    pub async fn wait_until_ready(&self) {
-        self.jobs.wait_until_ready().await.ok();
-        self.pods.wait_until_ready().await.ok();
+    fn new(jobs: Store<Job>, pods: Store<Pod>) -> (Caches, impl Future<Output = ()>) {
+        let (tx, rx) = watch::channel(false);
+        let watch_stores = async move {
+            poll_until_ready(&jobs).await;
+            poll_until_ready(&pods).await;
+            debug!("caches synced");
+            tx.send(true).ok();
+            // Keep the sender alive so waiters see `true`, not a closed channel.
+            future::pending::<()>().await;
+        };
+        (Caches { synced: rx }, watch_stores)
     }
+
+    pub async fn wait_until_ready(&self) {
+        let mut synced = self.synced.clone();
+        synced.wait_for(|s| *s).await.ok();
+    }
+}
+
+async fn poll_until_ready<K>(store: &Store<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    // Each poll registers our waker anew; if another waiter took the wake-up, the next
+    // round sees the store ready.
+    while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
+        .await
+        .is_err()
+    {}
 }
 
 /// Builds the caches and returns them with the future that runs the controller until
@@ -420,7 +451,9 @@ pub fn controller(
             instance: Some(config.reporter_instance.clone()),
         },
     );
+    let (events, publish_events) = EventSink::new(recorder);
     let expectations = Expectations::default();
+    let (caches, watch_stores) = Caches::new(job_store.clone(), pod_store.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         jobs: job_store.clone(),
@@ -428,14 +461,11 @@ pub fn controller(
         expectations: expectations.clone(),
         backoff: Mutex::default(),
         errors: Mutex::default(),
-        recorder,
+        events,
         metrics: metrics.clone(),
+        caches: caches.clone(),
     });
     let jobs_for_mapper = job_store.clone();
-    let caches = Caches {
-        jobs: job_store.clone(),
-        pods: pod_store.clone(),
-    };
     let cleanup = release_pods_of_deleted_jobs(client, pod_store.clone(), expectations, deleted_rx);
     let jobs_gauge = job_store.clone();
     let run = Controller::for_stream(job_events, job_store)
@@ -458,6 +488,8 @@ pub fn controller(
         tokio::select! {
             _ = run => {}
             _ = cleanup => {}
+            _ = watch_stores => {}
+            _ = publish_events => {}
         }
     };
     (caches, run)

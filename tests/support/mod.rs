@@ -106,13 +106,17 @@ pub struct Controller {
 
 impl Controller {
     pub fn start(namespace: &str, extra: &[&str]) -> Controller {
+        Self::start_with_kubeconfig(namespace, &cluster_dir().join("jobkeeper.kubeconfig"), extra)
+    }
+
+    pub fn start_with_kubeconfig(namespace: &str, kubeconfig: &Path, extra: &[&str]) -> Controller {
         let log = cluster_dir().join(format!("logs/jobkeeper-{namespace}-{}.log", free_port()));
         let metrics_port = free_port();
         let health_port = free_port();
         let out = File::create(&log).expect("controller log");
         let child = Command::new(jobkeeper_binary())
             .args(["--kubeconfig"])
-            .arg(cluster_dir().join("jobkeeper.kubeconfig"))
+            .arg(kubeconfig)
             .args([
                 "--log-level",
                 "info,jobkeeper=debug",
