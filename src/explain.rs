@@ -297,7 +297,13 @@ fn spec_lines(job: &Job) -> (String, Option<String>) {
     if let Some(policy) = &spec.success_policy {
         extra.push(format!("successPolicy {} rules", policy.rules.len()));
     }
-    if let Some(policy) = &spec.pod_replacement_policy {
+    // The apiserver writes the default (TerminatingOrFailed) into every Job; only the
+    // other value changes anything worth a line.
+    if let Some(policy) = spec
+        .pod_replacement_policy
+        .as_deref()
+        .filter(|p| *p != "TerminatingOrFailed")
+    {
         extra.push(format!("podReplacementPolicy {policy}"));
     }
     if let Some(ttl) = spec.ttl_seconds_after_finished {
