@@ -702,6 +702,7 @@ fn status_changes(old: &JobStatus, new: &JobStatus) -> Vec<String> {
     match (&old.start_time, &new.start_time) {
         (None, Some(_)) => changes.push("set startTime".to_string()),
         (Some(a), Some(b)) if a != b => changes.push("reset startTime".to_string()),
+        (Some(_), None) => changes.push("clear startTime".to_string()),
         _ => {}
     }
     if old.completion_time.is_none() && new.completion_time.is_some() {
@@ -1032,7 +1033,7 @@ mod tests {
                 next: &[
                     "Next        jobkeeper will",
                     "            - delete 1 pod: work-a",
-                    "            - write the status: active 1 → 0, ready 1 → 0, terminating 0 → 1, add condition Suspended=True (JobSuspended)",
+                    "            - write the status: active 1 → 0, ready 1 → 0, terminating 0 → 1, clear startTime, add condition Suspended=True (JobSuspended)",
                     "            - record event Normal Suspended: Job suspended",
                     "            then plan again on the result",
                 ],
