@@ -124,6 +124,9 @@ pub struct PlanOutcome {
     pub failure_policy_actions: BTreeMap<String, u32>,
     /// A sentence for a person: the rule that decides the Job's state right now.
     pub rule: String,
+    /// Set when pods are wanted but the pod failure backoff holds them back: the time left
+    /// before the next one may be created.
+    pub pod_backoff: Option<Duration>,
 }
 
 impl Plan {

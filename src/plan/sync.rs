@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use k8s_openapi::api::batch::v1::{JobCondition, JobStatus, UncountedTerminatedPods};
+use k8s_openapi::api::batch::v1::{JobCondition, JobSpec, JobStatus, UncountedTerminatedPods};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -710,12 +710,12 @@ pub fn plan(s: &Snapshot<'_>) -> Plan {
     }
 
     plan.outcome.rule = rule_sentence(
+        spec,
         &new_status,
         final_condition.as_ref(),
         finished_now.is_some(),
         backoff_limit,
         &plan,
-        suspended,
         now,
     );
     plan
@@ -842,6 +842,7 @@ fn create_pods(
         );
         if !wait.is_zero() {
             requeue_at_most(plan, wait);
+            plan.outcome.pod_backoff = Some(wait);
             plan.decisions.push(format!(
                 "waiting {} s of pod failure backoff ({}) before creating {}",
                 wait.as_secs(),
@@ -894,6 +895,7 @@ fn create_pods(
         if ready_now.is_empty() {
             if let Some(wait) = soonest {
                 requeue_at_most(plan, wait);
+                plan.outcome.pod_backoff = Some(wait);
                 plan.decisions
                     .push(format!("waiting {} s of per-index backoff", wait.as_secs()));
             }
@@ -939,14 +941,19 @@ fn new_index_failure_counts(
     counts
 }
 
+/// Whole seconds, rounded up: "next pod in 1 s" rather than "in 0 s" for 300 ms.
+fn seconds_up(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000) as u64
+}
+
 fn rule_sentence(
+    spec: &JobSpec,
     st: &JobStatus,
     final_condition: Option<&JobCondition>,
     finished_now: bool,
     backoff_limit: i32,
     plan: &Plan,
-    suspended: bool,
-    _now: Timestamp,
+    now: Timestamp,
 ) -> String {
     let failed = st.failed.unwrap_or(0);
     if let Some(c) = final_condition {
@@ -979,21 +986,54 @@ fn rule_sentence(
             )
         };
     }
-    if suspended {
+    if spec.suspend == Some(true) {
         return "Job suspended: no pods run".to_string();
     }
-    let mut sentence = format!("backoffLimit {backoff_limit}, {failed} failures counted");
-    if plan.backoff.failures_after_last_success > 0 {
-        let delay = backoff::delay_for(plan.backoff.failures_after_last_success);
-        sentence.push_str(&format!(
-            ", next pod after {} s of backoff",
-            delay.as_secs()
+    let succeeded = st.succeeded.unwrap_or(0);
+    let mut parts = vec![match spec.completions {
+        Some(c) => format!("{succeeded} of {c} completions"),
+        None if succeeded > 0 => "a pod succeeded; done once no pod is active".to_string(),
+        None => "done when any pod succeeds".to_string(),
+    }];
+    let per_index = spec.completion_mode.as_deref() == Some("Indexed")
+        && spec.backoff_limit_per_index.is_some();
+    if let (true, Some(limit)) = (per_index, spec.backoff_limit_per_index) {
+        let failed_indexes = st.failed_indexes.as_deref().filter(|f| !f.is_empty());
+        let mut part = format!(
+            "backoffLimitPerIndex {limit}, failed indexes {}",
+            failed_indexes.unwrap_or("none")
+        );
+        if let Some(max) = spec.max_failed_indexes {
+            part.push_str(&format!(" (maxFailedIndexes {max})"));
+        }
+        parts.push(part);
+    } else {
+        parts.push(format!(
+            "backoffLimit {backoff_limit}, {failed} {} counted",
+            if failed == 1 { "failure" } else { "failures" }
         ));
     }
-    if let Some(r) = plan.requeue_after {
-        sentence.push_str(&format!(", next sync in {} s", r.as_secs()));
+    if let Some(wait) = plan.outcome.pod_backoff {
+        let failures = plan.backoff.failures_after_last_success;
+        parts.push(if per_index || failures == 0 {
+            format!("next pod in {} s", seconds_up(wait))
+        } else {
+            format!(
+                "next pod in {} s ({} s backoff after {failures} {})",
+                seconds_up(wait),
+                backoff::delay_for(failures).as_secs(),
+                if failures == 1 { "failure" } else { "failures" }
+            )
+        });
     }
-    sentence
+    if let (Some(seconds), Some(start)) = (spec.active_deadline_seconds, &st.start_time) {
+        let left = to_duration(SignedDuration::from_secs(seconds) - now.duration_since(start.0));
+        parts.push(format!(
+            "activeDeadlineSeconds {seconds}, {} s left",
+            seconds_up(left)
+        ));
+    }
+    parts.join("; ")
 }
 
 /// "1 pod", "3 pods": counts in log lines read as sentences.

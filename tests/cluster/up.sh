@@ -204,8 +204,8 @@ spec: {}
 NODE
 done
 # The controller's RBAC, exactly as deploy/ grants it in-cluster.
-if [ -f "$repo/deploy/rbac.yaml" ]; then
-  k apply -f "$repo/deploy/namespace.yaml" -f "$repo/deploy/rbac.yaml" >/dev/null
+if [ -f "$repo/deploy/base/rbac.yaml" ]; then
+  k apply -f "$repo/deploy/base/namespace.yaml" -f "$repo/deploy/base/rbac.yaml" >/dev/null
 fi
 
 nodes_ready() { [ "$(k get nodes -l type=kwok -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True)" -ge "$nodes" ]; }
