@@ -1,6 +1,6 @@
 //! Leader election through a coordination.k8s.io Lease (kube-lease-manager). Only the
-//! leader runs the controller, so only the leader writes. A standby polls the Lease every
-//! second, so a Lease released on SIGTERM changes hands within about a second; a Lease
+//! leader runs the controller, so only the leader writes. A standby polls the Lease twice a
+//! second, so a Lease released on SIGTERM changes hands within about half a second; a Lease
 //! that stops being renewed (the leader died) changes hands when it expires.
 
 use std::time::Duration;
@@ -15,7 +15,7 @@ use crate::metrics::SharedMetrics;
 use crate::runtime::{self, RuntimeConfig};
 use crate::server::Readiness;
 
-const STANDBY_POLL: Duration = Duration::from_secs(1);
+const STANDBY_POLL: Duration = Duration::from_millis(500);
 
 pub async fn run_elected(
     client: Client,
