@@ -467,3 +467,135 @@ async fn ttl_after_finished_deletes_our_failed_job_and_its_pods() {
     wait_job_and_pods_gone(&env, "ttl-fail").await;
     env.assert_no_rejected_status().await;
 }
+
+#[tokio::test]
+async fn pod_failure_policy_fail_job_on_pod_condition_names_the_condition() {
+    let env = TestEnv::new("diffp-failjob-cond").await;
+    let twins = Twins::create(&env, "failcond", |j| {
+        let s = j.spec.as_mut().unwrap();
+        s.parallelism = Some(2);
+        s.completions = Some(2);
+        s.pod_failure_policy = Some(from_json(json!({"rules": [
+            {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [3]}},
+            {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]})));
+    })
+    .await;
+    let pods = twins.active(2).await;
+    twins.each_pod(&pods, |i, _| i == 1, Outcome::Succeed).await;
+    twins
+        .each_pod(
+            &pods,
+            |i, _| i == 0,
+            Outcome::FailWithCondition(1, "DisruptionTarget", "PreemptionByScheduler"),
+        )
+        .await;
+    let end = twins.assert_same_end("Failed").await;
+    assert_eq!(
+        reason_of(&end, "Failed").as_deref(),
+        Some("PodFailurePolicy")
+    );
+}
+
+#[tokio::test]
+async fn ignored_failure_with_backoff_limit_per_index_keeps_the_index() {
+    let env = TestEnv::new("diffp-ignore-ix").await;
+    let twins = Twins::create(&env, "ignix", |j| {
+        indexed(j, 2, 2);
+        let s = j.spec.as_mut().unwrap();
+        s.backoff_limit_per_index = Some(0);
+        s.pod_failure_policy = Some(from_json(json!({"rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]})));
+    })
+    .await;
+    let pods = twins.active(2).await;
+    twins
+        .each_pod(
+            &pods,
+            is_index(0),
+            Outcome::FailWithCondition(137, "DisruptionTarget", "EvictionByEvictionAPI"),
+        )
+        .await;
+    twins.each_pod(&pods, is_index(1), Outcome::Succeed).await;
+    // Index 0 is retried despite backoffLimitPerIndex 0, with the ignored failure noted.
+    let retried = twins.active(1).await;
+    for job_pods in &retried {
+        let pod = &job_pods[0];
+        assert_eq!(index_of(pod), Some(0));
+        let annotations = pod.annotations();
+        assert_eq!(
+            (
+                annotations
+                    .get("batch.kubernetes.io/job-index-failure-count")
+                    .map(String::as_str),
+                annotations
+                    .get("batch.kubernetes.io/job-index-ignored-failure-count")
+                    .map(String::as_str),
+            ),
+            (Some("0"), Some("1")),
+            "{}",
+            pod.name_any()
+        );
+    }
+    twins
+        .assert_same_when("index 0 retried, index 1 completed", |s| {
+            s.active == Some(1) && s.completed_indexes.as_deref() == Some("1")
+        })
+        .await;
+    twins.each_pod(&retried, all, Outcome::Succeed).await;
+    let end = twins.assert_same_end("Complete").await;
+    assert_eq!(end.failed.unwrap_or(0), 0);
+    assert_eq!(end.failed_indexes.as_deref(), Some(""));
+}
+
+#[tokio::test]
+async fn indexed_pod_replacement_policy_failed_keeps_the_terminating_index() {
+    let env = TestEnv::new("diffp-replix").await;
+    let twins = Twins::create_from(&env, "rix", kwok_job, |j| {
+        long_running_held(j);
+        indexed(j, 2, 2);
+        let s = j.spec.as_mut().unwrap();
+        s.backoff_limit = Some(2);
+        s.pod_replacement_policy = Some("Failed".into());
+    })
+    .await;
+    twins.wait_both("ready=2", |s| s.ready == Some(2)).await;
+    let pods = twins.active(2).await;
+    let index_0: [Vec<Pod>; 2] = pods.clone().map(|job_pods| {
+        job_pods
+            .into_iter()
+            .filter(|p| index_of(p) == Some(0))
+            .collect()
+    });
+    twins.delete_pods(&index_0, 30).await;
+    twins
+        .assert_same_when("index 0 terminating", |s| {
+            s.terminating == Some(1) && s.active == Some(1)
+        })
+        .await;
+    twins
+        .assert_stays(
+            "index 0 not recreated while its pod terminates",
+            Duration::from_secs(3),
+            async |job| pod_count_is(&env, job, 2).await,
+        )
+        .await;
+    twins.each_pod(&index_0, all, Outcome::Fail(143)).await;
+    let replaced = twins
+        .assert_same_when("index 0 failed and replaced", |s| {
+            s.failed == Some(1) && s.active == Some(2) && s.terminating == Some(0)
+        })
+        .await;
+    assert_eq!(replaced[0].failed, Some(1));
+    for name in &twins.names {
+        release_holds(&env, name).await;
+    }
+    let pods = twins.active(2).await;
+    twins.each_pod(&pods, all, Outcome::Succeed).await;
+    for name in &twins.names {
+        release_holds(&env, name).await;
+    }
+    let end = twins.assert_same_end("Complete").await;
+    assert_eq!(end.completed_indexes.as_deref(), Some("0,1"));
+}
