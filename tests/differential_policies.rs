@@ -599,3 +599,68 @@ async fn indexed_pod_replacement_policy_failed_keeps_the_terminating_index() {
     let end = twins.assert_same_end("Complete").await;
     assert_eq!(end.completed_indexes.as_deref(), Some("0,1"));
 }
+
+#[tokio::test]
+async fn fail_job_waits_for_terminating_pods_before_failed() {
+    let env = TestEnv::new("diffp-failjob-term").await;
+    let twins = Twins::create_from(&env, "fjterm", kwok_job, |j| {
+        long_running_held(j);
+        let s = j.spec.as_mut().unwrap();
+        s.parallelism = Some(2);
+        s.completions = Some(2);
+        s.pod_failure_policy = Some(from_json(json!({"rules": [
+            {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [42]}},
+        ]})));
+    })
+    .await;
+    twins.wait_both("ready=2", |s| s.ready == Some(2)).await;
+    let pods = twins.active(2).await;
+    twins
+        .each_pod(&pods, |i, _| i == 0, Outcome::Fail(42))
+        .await;
+    // The other pod is deleted but held: FailureTarget, not yet Failed.
+    let [ours, _] = twins
+        .assert_same_when("FailureTarget with the other pod terminating", |s| {
+            has_condition(s, "FailureTarget")
+                && s.terminating == Some(1)
+                && s.uncounted_terminated_pods
+                    .as_ref()
+                    .is_none_or(|u| u.failed.as_ref().is_none_or(Vec::is_empty))
+        })
+        .await;
+    assert!(!has_condition(&ours, "Failed"));
+    for name in &twins.names {
+        release_holds(&env, name).await;
+    }
+    let end = twins.assert_same_end("Failed").await;
+    assert_eq!(
+        reason_of(&end, "Failed").as_deref(),
+        Some("PodFailurePolicy")
+    );
+}
+
+#[tokio::test]
+async fn success_policy_waits_for_terminating_pods_before_complete() {
+    let env = TestEnv::new("diffp-sp-term").await;
+    let twins = Twins::create_from(&env, "spterm", kwok_job, |j| {
+        long_running_held(j);
+        indexed(j, 3, 2);
+        j.spec.as_mut().unwrap().success_policy =
+            Some(from_json(json!({"rules": [{"succeededIndexes": "0"}]})));
+    })
+    .await;
+    twins.wait_both("ready=2", |s| s.ready == Some(2)).await;
+    let pods = twins.active(2).await;
+    twins.each_pod(&pods, is_index(0), Outcome::Succeed).await;
+    let [ours, _] = twins
+        .assert_same_when("SuccessCriteriaMet with index 1 terminating", |s| {
+            has_condition(s, "SuccessCriteriaMet") && s.terminating == Some(1)
+        })
+        .await;
+    assert!(!has_condition(&ours, "Complete"));
+    for name in &twins.names {
+        release_holds(&env, name).await;
+    }
+    let end = twins.assert_same_end("Complete").await;
+    assert_eq!(end.completed_indexes.as_deref(), Some("0"));
+}
