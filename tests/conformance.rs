@@ -117,10 +117,21 @@ async fn drive_until(
         if has_condition(&status, condition) {
             return status;
         }
-        for pod in env.active_pods(job).await {
-            if driven.insert(pod.uid().unwrap_or_default()) {
-                drive(env, &pod, decide(&pod)).await;
-            }
+        let mut new_pods: Vec<(Pod, Outcome)> = env
+            .active_pods(job)
+            .await
+            .into_iter()
+            .filter(|p| driven.insert(p.uid().unwrap_or_default()))
+            .map(|p| {
+                let outcome = decide(&p);
+                (p, outcome)
+            })
+            .collect();
+        // Failures first: a success may finish the Job, and the controller then deletes
+        // the pods not yet driven.
+        new_pods.sort_by_key(|(_, outcome)| !matches!(outcome, Outcome::Fail(_)));
+        for (pod, outcome) in &new_pods {
+            drive(env, pod, *outcome).await;
         }
         assert!(
             Instant::now() < deadline,
