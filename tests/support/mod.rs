@@ -4,6 +4,8 @@
 //! upstream's Job integration tests do.
 #![allow(dead_code)]
 
+pub mod twins;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::future::Future;
