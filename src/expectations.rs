@@ -60,7 +60,9 @@ fn has_tracking_finalizer(pod: &Pod) -> bool {
 impl Expectations {
     /// Merges the cached Job and pods with what this controller wrote since, and forgets
     /// every expectation the cache now confirms.
-    pub fn view(&self, job: Arc<Job>, cached_pods: Vec<Arc<Pod>>) -> View {
+    /// `orphans` are cached pods without a controller that the Job's selector matches: a
+    /// pod we created that the cache shows orphaned is no longer ours to overlay.
+    pub fn view(&self, job: Arc<Job>, cached_pods: Vec<Arc<Pod>>, orphans: &[Arc<Pod>]) -> View {
         let uid = job.metadata.uid.clone().unwrap_or_default();
         let mut all = self.inner.lock().expect("expectations lock");
         let Some(exp) = all.get_mut(&uid) else {
@@ -87,7 +89,11 @@ impl Expectations {
             }
         };
 
-        let cached: HashSet<&str> = cached_pods.iter().map(|p| uid_of(p)).collect();
+        let cached: HashSet<&str> = cached_pods
+            .iter()
+            .chain(orphans)
+            .map(|p| uid_of(p))
+            .collect();
         exp.created
             .retain(|uid, (_, since)| !cached.contains(uid.as_str()) && fresh(since));
         let mut pods = cached_pods.clone();
@@ -200,20 +206,29 @@ mod tests {
     fn created_pod_is_seen_until_the_cache_has_it() {
         let e = Expectations::default();
         e.created("j", pod("p1", true));
-        let v = e.view(job("j", "1"), vec![]);
+        let v = e.view(job("j", "1"), vec![], &[]);
         assert_eq!(v.pods.len(), 1);
-        let v = e.view(job("j", "1"), vec![Arc::new(pod("p1", true))]);
+        let v = e.view(job("j", "1"), vec![Arc::new(pod("p1", true))], &[]);
         assert_eq!(v.pods.len(), 1, "the cached copy replaces the expectation");
         assert!(e.inner.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn created_pod_seen_orphaned_is_not_overlaid_as_owned() {
+        let e = Expectations::default();
+        e.created("j", pod("p1", true));
+        let orphan = Arc::new(pod("p1", false));
+        let v = e.view(job("j", "1"), vec![], &[orphan]);
+        assert!(v.pods.is_empty(), "the orphan is the planner's to adopt");
     }
 
     #[test]
     fn deleted_pod_is_shown_deleting_until_the_cache_agrees() {
         let e = Expectations::default();
         e.deleted("j", "p1");
-        let v = e.view(job("j", "1"), vec![Arc::new(pod("p1", true))]);
+        let v = e.view(job("j", "1"), vec![Arc::new(pod("p1", true))], &[]);
         assert!(v.pods[0].metadata.deletion_timestamp.is_some());
-        let v = e.view(job("j", "1"), vec![]);
+        let v = e.view(job("j", "1"), vec![], &[]);
         assert!(v.pods.is_empty());
         assert!(e.inner.lock().unwrap().is_empty());
     }
@@ -222,9 +237,9 @@ mod tests {
     fn removed_finalizer_is_reported_until_the_cache_drops_it() {
         let e = Expectations::default();
         e.finalizer_removed("j", "p1");
-        let v = e.view(job("j", "1"), vec![Arc::new(pod("p1", true))]);
+        let v = e.view(job("j", "1"), vec![Arc::new(pod("p1", true))], &[]);
         assert!(v.finalizer_removed.contains("p1"));
-        let v = e.view(job("j", "1"), vec![Arc::new(pod("p1", false))]);
+        let v = e.view(job("j", "1"), vec![Arc::new(pod("p1", false))], &[]);
         assert!(v.finalizer_removed.is_empty());
     }
 
@@ -232,9 +247,9 @@ mod tests {
     fn stale_cached_job_is_replaced_by_our_write() {
         let e = Expectations::default();
         e.status_written("1".into(), job("j", "2"));
-        let v = e.view(job("j", "1"), vec![]);
+        let v = e.view(job("j", "1"), vec![], &[]);
         assert_eq!(v.job.metadata.resource_version.as_deref(), Some("2"));
-        let v = e.view(job("j", "3"), vec![]);
+        let v = e.view(job("j", "3"), vec![], &[]);
         assert_eq!(v.job.metadata.resource_version.as_deref(), Some("3"));
     }
 }

@@ -168,7 +168,7 @@ async fn sync(job: Arc<Job>, ctx: &Context) -> Result<Action, SyncError> {
             _ => return Ok(Action::await_change()),
         };
         let (owned, orphans) = pods_of(&ctx.pods, &cached);
-        let view = ctx.expectations.view(cached, owned);
+        let view = ctx.expectations.view(cached, owned, &orphans);
         let uid = view.job.uid().unwrap_or_default();
         let backoff = ctx
             .backoff
@@ -329,6 +329,72 @@ async fn release_pods_of_deleted_jobs(
     }
 }
 
+/// A pod whose labels stop matching our watch's selector leaves the cache as if deleted.
+/// If a Job of ours still controls it and it still exists without matching the Job's
+/// selector, release it: drop our ownerReference and the tracking finalizer (the
+/// built-in controller releases such pods and cleans up orphans' finalizers too).
+async fn release_pods_that_left_the_selector(
+    client: Client,
+    jobs: Store<Job>,
+    mut left: mpsc::UnboundedReceiver<Arc<Pod>>,
+) {
+    while let Some(pod) = left.recv().await {
+        debug!(pod = %pod.name_any(), "pod left the watch's selector");
+        let Some(owner) = controller_of(&pod).cloned() else {
+            continue;
+        };
+        let ns = pod.namespace().unwrap_or_default();
+        let Some(job) = jobs.get(&ObjectRef::new(&owner.name).within(&ns)) else {
+            continue;
+        };
+        if job.uid().as_deref() != Some(owner.uid.as_str()) {
+            continue;
+        }
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let key = format!("{ns}/{}", pod.name_any());
+        let live = match api.get_opt(&pod.name_any()).await {
+            Ok(Some(live)) => live,
+            Ok(None) => continue,
+            Err(e) => {
+                warn!(pod = %key, error = %e, "could not read a pod that left the Job's selector");
+                continue;
+            }
+        };
+        let selector = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .and_then(|s| Selector::try_from(s).ok());
+        let still_matches = selector.is_some_and(|s| s.matches(live.labels()));
+        let still_ours = controller_of(&live).is_some_and(|o| o.uid == owner.uid);
+        if still_matches || !still_ours || live.metadata.deletion_timestamp.is_some() {
+            debug!(pod = %key, still_matches, still_ours, "pod is not for release");
+            continue;
+        }
+        let patch = serde_json::json!({
+            "metadata": {
+                "uid": live.uid(),
+                "ownerReferences": [{"$patch": "delete", "uid": owner.uid}],
+                "$deleteFromPrimitiveList/finalizers": [crate::plan::TRACKING_FINALIZER],
+            }
+        });
+        let params = kube::api::PatchParams::default();
+        match api
+            .patch(
+                &live.name_any(),
+                &params,
+                &kube::api::Patch::Strategic(patch),
+            )
+            .await
+        {
+            Ok(_) => info!(job = %format!("{ns}/{}", job.name_any()), pod = %key,
+                "released a pod that no longer matches the Job's selector"),
+            Err(e) if execute::code_of(&e) == Some(404) => {}
+            Err(e) => warn!(pod = %key, error = %e, "could not release a pod"),
+        }
+    }
+}
+
 /// Strips what we never read, so the caches stay small.
 fn slim_job(job: &mut Job) {
     job.managed_fields_mut().clear();
@@ -425,6 +491,7 @@ pub fn controller(
         .modify(slim_job)
         .reflect(job_writer)
         .applied_objects();
+    let (left_tx, left_rx) = mpsc::unbounded_channel();
     let pod_events = watcher(
         pods_api,
         watcher::Config::default().labels(CONTROLLER_UID_LABEL),
@@ -438,6 +505,14 @@ pub fn controller(
             }
             _ => true,
         };
+        // A "delete" of a pod nobody deleted: its labels no longer match the watch.
+        if let Ok(Event::Delete(p)) = &event
+            && keep
+            && p.metadata.deletion_timestamp.is_none()
+            && execute::has_tracking_finalizer(p)
+        {
+            left_tx.send(Arc::new(p.clone())).ok();
+        }
         future::ready(keep.then_some(event))
     })
     .modify(slim_pod)
@@ -466,6 +541,7 @@ pub fn controller(
         caches: caches.clone(),
     });
     let jobs_for_mapper = job_store.clone();
+    let release = release_pods_that_left_the_selector(client.clone(), job_store.clone(), left_rx);
     let cleanup = release_pods_of_deleted_jobs(client, pod_store.clone(), expectations, deleted_rx);
     let jobs_gauge = job_store.clone();
     let run = Controller::for_stream(job_events, job_store)
@@ -490,6 +566,7 @@ pub fn controller(
             _ = cleanup => {}
             _ = watch_stores => {}
             _ = publish_events => {}
+            _ = release => {}
         }
     };
     (caches, run)

@@ -526,8 +526,6 @@ fn controller_uid(pod: &Pod) -> Option<String> {
 }
 
 #[tokio::test]
-#[ignore = "known gap: the runtime watches pods by the controller-uid label, so a pod whose \
-            labels are removed leaves the cache and is never released (README-conformance.md)"]
 async fn conformance_should_adopt_matching_orphans_and_release_non_matching_pods() {
     let env = TestEnv::new("conf-adopt").await;
     let name = "adopt-release";

@@ -143,6 +143,7 @@ async fn controller_identity_has_exactly_the_access_it_needs() {
         ("watch", "batch", "jobs", None),
         ("get", "batch", "jobs", None),
         ("update", "batch", "jobs", Some("status")),
+        ("get", "", "pods", None),
         ("create", "", "pods", None),
         ("delete", "", "pods", None),
         ("patch", "", "pods", None),

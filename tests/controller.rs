@@ -22,7 +22,11 @@ fn holds_finalizer(pod: &Pod) -> bool {
 
 async fn patch_job(env: &TestEnv, name: &str, spec: serde_json::Value) {
     env.jobs()
-        .patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec })))
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
         .await
         .expect("patching the Job");
 }
@@ -40,17 +44,42 @@ async fn nonindexed_pods_carry_labels_owner_finalizer_and_generate_name() {
         let labels = pod.labels();
         assert_eq!(labels.get("batch.kubernetes.io/controller-uid"), Some(&uid));
         assert_eq!(labels.get("controller-uid"), Some(&uid));
-        assert_eq!(labels.get("batch.kubernetes.io/job-name").map(String::as_str), Some("shape"));
+        assert_eq!(
+            labels
+                .get("batch.kubernetes.io/job-name")
+                .map(String::as_str),
+            Some("shape")
+        );
         assert_eq!(labels.get("job-name").map(String::as_str), Some("shape"));
-        assert_eq!(labels.get("app").map(String::as_str), Some("test"), "template labels kept");
+        assert_eq!(
+            labels.get("app").map(String::as_str),
+            Some("test"),
+            "template labels kept"
+        );
         let owner = pod.owner_references().first().expect("an owner");
-        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("Job", "shape", uid.as_str()));
-        assert_eq!((owner.controller, owner.block_owner_deletion), (Some(true), Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("Job", "shape", uid.as_str())
+        );
+        assert_eq!(
+            (owner.controller, owner.block_owner_deletion),
+            (Some(true), Some(true))
+        );
         assert!(holds_finalizer(pod));
         assert_eq!(pod.metadata.generate_name.as_deref(), Some("shape-"));
     }
-    let status = env.wait_status("shape", "active=2", |s| s.active == Some(2)).await;
-    assert_eq!((status.ready, status.terminating, status.succeeded, status.failed), (Some(0), Some(0), None, None));
+    let status = env
+        .wait_status("shape", "active=2", |s| s.active == Some(2))
+        .await;
+    assert_eq!(
+        (
+            status.ready,
+            status.terminating,
+            status.succeeded,
+            status.failed
+        ),
+        (Some(0), Some(0), None, None)
+    );
     assert!(status.start_time.is_some());
     env.assert_no_rejected_status().await;
 }
@@ -78,10 +107,19 @@ async fn indexed_pods_get_index_annotation_label_hostname_and_env() {
     for pod in &pods {
         let index = index_of(pod).expect("an index annotation");
         seen.push(index);
-        assert_eq!(pod.labels().get("batch.kubernetes.io/job-completion-index"), Some(&index.to_string()));
+        assert_eq!(
+            pod.labels().get("batch.kubernetes.io/job-completion-index"),
+            Some(&index.to_string())
+        );
         let spec = pod.spec.as_ref().unwrap();
-        assert_eq!(spec.hostname.as_deref(), Some(format!("ix-{index}").as_str()));
-        assert_eq!(pod.metadata.generate_name.as_deref(), Some(format!("ix-{index}-").as_str()));
+        assert_eq!(
+            spec.hostname.as_deref(),
+            Some(format!("ix-{index}").as_str())
+        );
+        assert_eq!(
+            pod.metadata.generate_name.as_deref(),
+            Some(format!("ix-{index}-").as_str())
+        );
         let main_env = spec.containers[0].env.clone().unwrap_or_default();
         let from_index = main_env
             .iter()
@@ -90,11 +128,19 @@ async fn indexed_pods_get_index_annotation_label_hostname_and_env() {
             .and_then(|v| v.field_ref.as_ref())
             .map(|f| f.field_path.clone());
         assert!(
-            from_index.as_deref().is_some_and(|p| p.contains("batch.kubernetes.io/job-completion-index")),
+            from_index
+                .as_deref()
+                .is_some_and(|p| p.contains("batch.kubernetes.io/job-completion-index")),
             "JOB_COMPLETION_INDEX comes from the pod's index: {from_index:?}"
         );
         let sidecar_env = spec.containers[1].env.clone().unwrap_or_default();
-        assert_eq!(sidecar_env.iter().filter(|e| e.name == "JOB_COMPLETION_INDEX").count(), 1);
+        assert_eq!(
+            sidecar_env
+                .iter()
+                .filter(|e| e.name == "JOB_COMPLETION_INDEX")
+                .count(),
+            1
+        );
         assert_eq!(sidecar_env[0].value.as_deref(), Some("mine"));
     }
     seen.sort();
@@ -105,7 +151,9 @@ async fn indexed_pods_get_index_annotation_label_hostname_and_env() {
         }
     }
     let status = env
-        .wait_status("ix", "indexes 0,2 completed", |s| s.completed_indexes.as_deref() == Some("0,2") && s.succeeded == Some(2))
+        .wait_status("ix", "indexes 0,2 completed", |s| {
+            s.completed_indexes.as_deref() == Some("0,2") && s.succeeded == Some(2)
+        })
         .await;
     assert_eq!(status.active, Some(1));
     let last = env.wait_active("ix", 1).await;
@@ -123,11 +171,16 @@ async fn job_runs_to_completion_on_kwok_nodes_with_exact_status() {
     let spec = job.spec.as_mut().unwrap();
     spec.completions = Some(4);
     spec.parallelism = Some(2);
-    spec.template.metadata.as_mut().unwrap().annotations =
-        Some(BTreeMap::from([("jobkeeper.dev/run-ms".to_string(), "200".to_string())]));
+    spec.template.metadata.as_mut().unwrap().annotations = Some(BTreeMap::from([(
+        "jobkeeper.dev/run-ms".to_string(),
+        "200".to_string(),
+    )]));
     env.create_job(&job).await;
     let status = env.wait_condition("run", "Complete").await;
-    assert_eq!((status.active, status.ready, status.terminating), (None, Some(0), Some(0)));
+    assert_eq!(
+        (status.active, status.ready, status.terminating),
+        (None, Some(0), Some(0))
+    );
     assert_eq!((status.succeeded, status.failed), (Some(4), None));
     let conditions: Vec<(String, String)> = status
         .conditions
@@ -139,7 +192,10 @@ async fn job_runs_to_completion_on_kwok_nodes_with_exact_status() {
     assert_eq!(
         conditions,
         vec![
-            ("SuccessCriteriaMet".to_string(), "CompletionsReached".to_string()),
+            (
+                "SuccessCriteriaMet".to_string(),
+                "CompletionsReached".to_string()
+            ),
             ("Complete".to_string(), "CompletionsReached".to_string())
         ]
     );
@@ -150,18 +206,25 @@ async fn job_runs_to_completion_on_kwok_nodes_with_exact_status() {
     assert!(pods.iter().all(|p| !holds_finalizer(p)));
     // Events, with upstream's reasons.
     let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns);
-    let created = wait_for("Completed and SuccessfulCreate events", Duration::from_secs(10), || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        let completed = list.items.iter().any(|e| e.reason.as_deref() == Some("Completed"));
-        // Repeats of one reason on one Job form a series (events.k8s.io): count them.
-        let created: i32 = list
-            .items
-            .iter()
-            .filter(|e| e.reason.as_deref() == Some("SuccessfulCreate"))
-            .map(|e| e.series.as_ref().map_or(1, |s| s.count))
-            .sum();
-        (completed && created == 4).then_some(created)
-    })
+    let created = wait_for(
+        "Completed and SuccessfulCreate events",
+        Duration::from_secs(10),
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            let completed = list
+                .items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("Completed"));
+            // Repeats of one reason on one Job form a series (events.k8s.io): count them.
+            let created: i32 = list
+                .items
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some("SuccessfulCreate"))
+                .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+                .sum();
+            (completed && created == 4).then_some(created)
+        },
+    )
     .await;
     assert_eq!(created, 4);
     env.assert_no_rejected_status().await;
@@ -174,22 +237,37 @@ async fn parallelism_zero_then_up_then_down() {
     job.spec.as_mut().unwrap().parallelism = Some(0);
     job.spec.as_mut().unwrap().completions = Some(5);
     env.create_job(&job).await;
-    let status = env.wait_status("par", "a first status", |s| s.start_time.is_some()).await;
+    let status = env
+        .wait_status("par", "a first status", |s| s.start_time.is_some())
+        .await;
     assert_eq!((status.active, status.ready), (None, Some(0)));
     assert!(env.pods_of("par").await.is_empty());
 
     patch_job(&env, "par", json!({"parallelism": 3})).await;
     let pods = env.wait_active("par", 3).await;
     env.set_ready(&pods[2]).await;
-    env.wait_status("par", "active=3 ready=1", |s| s.active == Some(3) && s.ready == Some(1)).await;
+    env.wait_status("par", "active=3 ready=1", |s| {
+        s.active == Some(3) && s.ready == Some(1)
+    })
+    .await;
 
     patch_job(&env, "par", json!({"parallelism": 1})).await;
     let left = env.wait_active("par", 1).await;
-    assert_eq!(left[0].name_any(), pods[2].name_any(), "the ready pod is kept; the least advanced go");
+    assert_eq!(
+        left[0].name_any(),
+        pods[2].name_any(),
+        "the ready pod is kept; the least advanced go"
+    );
     let status = env
-        .wait_status("par", "active=1, nothing terminating", |s| s.active == Some(1) && s.terminating == Some(0))
+        .wait_status("par", "active=1, nothing terminating", |s| {
+            s.active == Some(1) && s.terminating == Some(0)
+        })
         .await;
-    assert_eq!((status.ready, status.failed), (Some(1), None), "pods we delete are not failures");
+    assert_eq!(
+        (status.ready, status.failed),
+        (Some(1), None),
+        "pods we delete are not failures"
+    );
     env.assert_no_rejected_status().await;
 }
 
@@ -201,13 +279,18 @@ async fn failed_pod_is_replaced_after_the_pod_failure_backoff() {
     env.create_job(&job).await;
     let first = env.wait_active("bo", 1).await.remove(0);
     env.fail(&first, 1).await;
-    let status = env.wait_status("bo", "failed=1", |s| s.failed == Some(1)).await;
+    let status = env
+        .wait_status("bo", "failed=1", |s| s.failed == Some(1))
+        .await;
     assert_eq!(status.active, None, "no replacement during the backoff");
     let failed_at = jiff_now();
     let replacement = env.wait_active("bo", 1).await.remove(0);
     let created = replacement.metadata.creation_timestamp.clone().unwrap().0;
     // Upstream waits 10 s · 2^(failures−1) after the failure before a new pod.
-    assert!(created.duration_since(failed_at).as_secs_f64() > 8.0, "replacement created too early: {created} vs {failed_at}");
+    assert!(
+        created.duration_since(failed_at).as_secs_f64() > 8.0,
+        "replacement created too early: {created} vs {failed_at}"
+    );
     env.succeed(&replacement).await;
     let status = env.wait_condition("bo", "Complete").await;
     assert_eq!((status.succeeded, status.failed), (Some(1), Some(1)));
@@ -229,12 +312,22 @@ async fn restart_counts_under_on_failure_exceed_the_backoff_limit() {
     let pod = env.wait_active("of", 1).await.remove(0);
     env.set_restarts(&pod, 2).await;
     // Two restarts is at the limit, not past it.
-    env.wait_status("of", "still running", |s| s.active == Some(1)).await;
+    env.wait_status("of", "still running", |s| s.active == Some(1))
+        .await;
     env.set_restarts(&pod, 3).await;
     let status = env.wait_condition("of", "Failed").await;
-    let failed = status.conditions.clone().unwrap().into_iter().find(|c| c.type_ == "Failed").unwrap();
+    let failed = status
+        .conditions
+        .clone()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Failed")
+        .unwrap();
     assert_eq!(failed.reason.as_deref(), Some("BackoffLimitExceeded"));
-    assert_eq!((status.active, status.failed, status.terminating), (None, Some(1), Some(0)));
+    assert_eq!(
+        (status.active, status.failed, status.terminating),
+        (None, Some(1), Some(0))
+    );
     assert!(status.completion_time.is_none());
     env.assert_no_rejected_status().await;
 }
@@ -264,7 +357,10 @@ async fn active_deadline_fails_the_job_without_any_pod_event() {
             ("Failed".to_string(), "DeadlineExceeded".to_string())
         ]
     );
-    assert_eq!((status.active, status.failed, status.terminating), (None, Some(2), Some(0)));
+    assert_eq!(
+        (status.active, status.failed, status.terminating),
+        (None, Some(2), Some(0))
+    );
     wait_for("the pods to be gone", Duration::from_secs(30), || async {
         env.active_pods("dl").await.is_empty().then_some(())
     })
@@ -283,9 +379,22 @@ async fn suspended_at_creation_then_resumed() {
     assert!(env.pods_of("sus").await.is_empty());
     patch_job(&env, "sus", json!({"suspend": false})).await;
     let pod = env.wait_active("sus", 1).await.remove(0);
-    let status = env.wait_status("sus", "resumed", |s| s.start_time.is_some() && s.active == Some(1)).await;
-    let suspended = status.conditions.clone().unwrap().into_iter().find(|c| c.type_ == "Suspended").unwrap();
-    assert_eq!((suspended.status.as_str(), suspended.reason.as_deref()), ("False", Some("JobResumed")));
+    let status = env
+        .wait_status("sus", "resumed", |s| {
+            s.start_time.is_some() && s.active == Some(1)
+        })
+        .await;
+    let suspended = status
+        .conditions
+        .clone()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Suspended")
+        .unwrap();
+    assert_eq!(
+        (suspended.status.as_str(), suspended.reason.as_deref()),
+        ("False", Some("JobResumed"))
+    );
     env.succeed(&pod).await;
     env.wait_condition("sus", "Complete").await;
     env.assert_no_rejected_status().await;
@@ -310,9 +419,11 @@ async fn deleting_a_job_releases_its_pods_from_the_tracking_finalizer() {
         )
         .await
         .expect("deleting the Job");
-    wait_for("every pod of the deleted Job to be gone", Duration::from_secs(60), || async {
-        env.pods_of("del").await.is_empty().then_some(())
-    })
+    wait_for(
+        "every pod of the deleted Job to be gone",
+        Duration::from_secs(60),
+        || async { env.pods_of("del").await.is_empty().then_some(()) },
+    )
     .await;
 }
 
@@ -333,32 +444,47 @@ async fn released_pod_is_adopted_back() {
         )
         .await
         .expect("orphaning the pod");
-    let adopted = wait_for("the orphan to be adopted", Duration::from_secs(30), || async {
-        let p = env.pods().get(&pod.name_any()).await.ok()?;
-        p.owner_references()
-            .iter()
-            .any(|o| o.uid == job.uid().unwrap() && o.controller == Some(true))
-            .then_some(p)
-    })
+    let adopted = wait_for(
+        "the orphan to be adopted",
+        Duration::from_secs(30),
+        || async {
+            let p = env.pods().get(&pod.name_any()).await.ok()?;
+            p.owner_references()
+                .iter()
+                .any(|o| o.uid == job.uid().unwrap() && o.controller == Some(true))
+                .then_some(p)
+        },
+    )
     .await;
     assert!(holds_finalizer(&adopted));
     env.succeed(&adopted).await;
     let status = env.wait_condition("ad", "Complete").await;
     assert_eq!(status.succeeded, Some(1));
-    assert_eq!(env.pods_of("ad").await.len(), 1, "no second pod was created");
+    assert_eq!(
+        env.pods_of("ad").await.len(),
+        1,
+        "no second pod was created"
+    );
     env.assert_no_rejected_status().await;
 }
 
 #[tokio::test]
 async fn jobs_of_other_controllers_are_left_alone() {
     let env = TestEnv::new("foreign").await;
-    env.create_job(&driven_job("theirs", Some("example.com/other-controller"))).await;
+    env.create_job(&driven_job("theirs", Some("example.com/other-controller")))
+        .await;
     env.create_job(&driven_job("ours", Some(MANAGED_BY))).await;
     env.wait_active("ours", 1).await;
     // Ours got its pod; by then the other Job had the same chance and must have none.
     assert!(env.pods_of("theirs").await.is_empty());
-    assert_eq!(env.job("theirs").await.status.unwrap_or_default(), Default::default());
-    let managed = env.controller().counter("jobkeeper_managed_jobs", &[]).await;
+    assert_eq!(
+        env.job("theirs").await.status.unwrap_or_default(),
+        Default::default()
+    );
+    let managed = env
+        .controller()
+        .counter("jobkeeper_managed_jobs", &[])
+        .await;
     assert_eq!(managed, 1.0, "only our Job is cached");
 }
 
@@ -370,19 +496,50 @@ async fn metrics_move_and_readiness_waits_for_the_caches() {
     env.create_job(&job).await;
     env.wait_condition("m", "Complete").await;
     let c = env.controller();
-    wait_for("metrics to show the finished Job", Duration::from_secs(10), || async {
-        let text = c.metrics().await;
-        (sum_metric(&text, "jobkeeper_jobs_finished_total", &[("result", "succeeded")]) == 1.0).then_some(())
-    })
+    wait_for(
+        "metrics to show the finished Job",
+        Duration::from_secs(10),
+        || async {
+            let text = c.metrics().await;
+            (sum_metric(
+                &text,
+                "jobkeeper_jobs_finished_total",
+                &[("result", "succeeded")],
+            ) == 1.0)
+                .then_some(())
+        },
+    )
     .await;
     let text = c.metrics().await;
     assert!(sum_metric(&text, "jobkeeper_job_syncs_total", &[("result", "success")]) >= 2.0);
-    assert_eq!(sum_metric(&text, "jobkeeper_job_pods_finished_total", &[("result", "succeeded")]), 2.0);
-    assert!(sum_metric(&text, "jobkeeper_kube_api_requests_total", &[("verb", "create"), ("resource", "pods")]) >= 2.0);
-    assert!(sum_metric(&text, "jobkeeper_terminated_pods_tracking_finalizer_total", &[("event", "delete")]) >= 2.0);
+    assert_eq!(
+        sum_metric(
+            &text,
+            "jobkeeper_job_pods_finished_total",
+            &[("result", "succeeded")]
+        ),
+        2.0
+    );
+    assert!(
+        sum_metric(
+            &text,
+            "jobkeeper_kube_api_requests_total",
+            &[("verb", "create"), ("resource", "pods")]
+        ) >= 2.0
+    );
+    assert!(
+        sum_metric(
+            &text,
+            "jobkeeper_terminated_pods_tracking_finalizer_total",
+            &[("event", "delete")]
+        ) >= 2.0
+    );
     assert_eq!(sum_metric(&text, "jobkeeper_leader", &[]), 1.0);
     let ready = http_get(c.health_port, "/readyz").await.unwrap_or_default();
-    assert!(ready.starts_with("HTTP/1.1 200") || ready.starts_with("HTTP/1.0 200"), "{ready}");
+    assert!(
+        ready.starts_with("HTTP/1.1 200") || ready.starts_with("HTTP/1.0 200"),
+        "{ready}"
+    );
 
     // A controller whose apiserver never answers stays alive but never ready.
     let dir = cluster_dir().join(format!("unreachable-{}", env.ns));
@@ -395,11 +552,15 @@ async fn metrics_move_and_readiness_waits_for_the_caches() {
     .unwrap();
     let lonely = Controller::start_with_kubeconfig(&env.ns, &kubeconfig, &[]);
     let live = wait_for("/healthz", Duration::from_secs(10), || async {
-        http_get(lonely.health_port, "/healthz").await.filter(|r| r.contains(" 200 "))
+        http_get(lonely.health_port, "/healthz")
+            .await
+            .filter(|r| r.contains(" 200 "))
     })
     .await;
     assert!(live.contains("ok"));
-    let not_ready = http_get(lonely.health_port, "/readyz").await.unwrap_or_default();
+    let not_ready = http_get(lonely.health_port, "/readyz")
+        .await
+        .unwrap_or_default();
     assert!(not_ready.contains(" 503 "), "{not_ready}");
 }
 
@@ -410,11 +571,16 @@ async fn many_pods_complete_with_exact_counts_and_no_double_creates() {
     let spec = job.spec.as_mut().unwrap();
     spec.completions = Some(40);
     spec.parallelism = Some(20);
-    spec.template.metadata.as_mut().unwrap().annotations =
-        Some(BTreeMap::from([("jobkeeper.dev/run-ms".to_string(), "100".to_string())]));
+    spec.template.metadata.as_mut().unwrap().annotations = Some(BTreeMap::from([(
+        "jobkeeper.dev/run-ms".to_string(),
+        "100".to_string(),
+    )]));
     env.create_job(&job).await;
     let status = env.wait_condition("many", "Complete").await;
-    assert_eq!((status.succeeded, status.failed, status.active), (Some(40), None, None));
+    assert_eq!(
+        (status.succeeded, status.failed, status.active),
+        (Some(40), None, None)
+    );
     // Exactly one pod per completion: a stale cache never made a pod twice.
     assert_eq!(env.pods_of("many").await.len(), 40);
     env.assert_no_rejected_status().await;

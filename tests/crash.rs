@@ -34,17 +34,25 @@ fn uncounted(status: &JobStatus) -> Vec<String> {
 async fn finish_after_restart(env: &mut TestEnv, job: &str, succeeded: i32, failed: Option<i32>) {
     env.controller = Some(Controller::start(&env.ns, &[]));
     let status = env.wait_condition(job, "Complete").await;
-    assert_eq!((status.succeeded, status.failed), (Some(succeeded), failed), "exact counts after the crash");
+    assert_eq!(
+        (status.succeeded, status.failed),
+        (Some(succeeded), failed),
+        "exact counts after the crash"
+    );
     assert!(uncounted(&status).is_empty());
-    wait_for("no pod holding the tracking finalizer", Duration::from_secs(30), || async {
-        let holding = env
-            .pods_of(job)
-            .await
-            .iter()
-            .filter(|p| p.finalizers().iter().any(|f| f == FINALIZER))
-            .count();
-        (holding == 0).then_some(())
-    })
+    wait_for(
+        "no pod holding the tracking finalizer",
+        Duration::from_secs(30),
+        || async {
+            let holding = env
+                .pods_of(job)
+                .await
+                .iter()
+                .filter(|p| p.finalizers().iter().any(|f| f == FINALIZER))
+                .count();
+            (holding == 0).then_some(())
+        },
+    )
     .await;
     env.assert_no_rejected_status().await;
 }
@@ -62,18 +70,24 @@ async fn killed_after_recording_uncounted_pods() {
     env.controller = Some(slow_controller(&env.ns));
     env.create_job(&job("rec", 6)).await;
     let pods = env.wait_active("rec", 6).await;
-    env.wait_status("rec", "active=6", |s| s.active == Some(6)).await;
+    env.wait_status("rec", "active=6", |s| s.active == Some(6))
+        .await;
     for pod in &pods[..5] {
         env.succeed(pod).await;
     }
     env.fail(&pods[5], 2).await;
     let recorded = env
-        .wait_status("rec", "finished pods recorded as uncounted", |s| !uncounted(s).is_empty())
+        .wait_status("rec", "finished pods recorded as uncounted", |s| {
+            !uncounted(s).is_empty()
+        })
         .await;
     env.controller.as_mut().unwrap().kill();
     // The kill landed inside the window: recorded, not yet all counted.
     let counted = recorded.succeeded.unwrap_or(0) + recorded.failed.unwrap_or(0);
-    assert!(counted < 6, "killed too late to test anything: {recorded:?}");
+    assert!(
+        counted < 6,
+        "killed too late to test anything: {recorded:?}"
+    );
     // The replacement for the failed pod comes after the backoff; let it succeed.
     env.controller = Some(Controller::start(&env.ns, &[]));
     let replacement = env.wait_active("rec", 1).await;
@@ -88,30 +102,38 @@ async fn killed_after_removing_some_finalizers_before_counting() {
     env.controller = Some(slow_controller(&env.ns));
     env.create_job(&job("fin", 8)).await;
     let pods = env.wait_active("fin", 8).await;
-    env.wait_status("fin", "active=8", |s| s.active == Some(8)).await;
+    env.wait_status("fin", "active=8", |s| s.active == Some(8))
+        .await;
     for pod in &pods {
         env.succeed(pod).await;
     }
     // Wait until some recorded pods lost their finalizer while still uncounted.
-    let uids = wait_for("a recorded pod without its finalizer", Duration::from_secs(60), || async {
-        let status = env.status("fin").await;
-        let recorded = uncounted(&status);
-        if recorded.is_empty() {
-            return None;
-        }
-        let pods = env.pods_of("fin").await;
-        let released = pods
-            .iter()
-            .filter(|p| recorded.contains(&p.uid().unwrap_or_default()))
-            .filter(|p| !p.finalizers().iter().any(|f| f == FINALIZER))
-            .count();
-        (released > 0).then_some(recorded)
-    })
+    let uids = wait_for(
+        "a recorded pod without its finalizer",
+        Duration::from_secs(60),
+        || async {
+            let status = env.status("fin").await;
+            let recorded = uncounted(&status);
+            if recorded.is_empty() {
+                return None;
+            }
+            let pods = env.pods_of("fin").await;
+            let released = pods
+                .iter()
+                .filter(|p| recorded.contains(&p.uid().unwrap_or_default()))
+                .filter(|p| !p.finalizers().iter().any(|f| f == FINALIZER))
+                .count();
+            (released > 0).then_some(recorded)
+        },
+    )
     .await;
     env.controller.as_mut().unwrap().kill();
     assert!(!uids.is_empty());
     let at_kill = env.status("fin").await;
-    assert!(at_kill.succeeded.unwrap_or(0) < 8, "killed too late to test anything");
+    assert!(
+        at_kill.succeeded.unwrap_or(0) < 8,
+        "killed too late to test anything"
+    );
     finish_after_restart(&mut env, "fin", 8, None).await;
 }
 
@@ -123,13 +145,14 @@ async fn killed_while_creating_pods_creates_none_twice() {
     // Some pods exist, not all: the controller is mid-way through its slow start.
     wait_for("a few pods created", Duration::from_secs(30), || async {
         let n = env.pods_of("mk").await.len();
-        (n >= 2 && n < 10).then_some(())
+        (2..10).contains(&n).then_some(())
     })
     .await;
     env.controller.as_mut().unwrap().kill();
     env.controller = Some(Controller::start(&env.ns, &[]));
     let pods = env.wait_active("mk", 10).await;
-    env.wait_status("mk", "active=10", |s| s.active == Some(10)).await;
+    env.wait_status("mk", "active=10", |s| s.active == Some(10))
+        .await;
     assert_eq!(env.pods_of("mk").await.len(), 10, "no pod created twice");
     env.controller.as_mut().unwrap().kill();
     for pod in &pods {

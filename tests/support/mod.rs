@@ -108,7 +108,11 @@ pub struct Controller {
 
 impl Controller {
     pub fn start(namespace: &str, extra: &[&str]) -> Controller {
-        Self::start_with_kubeconfig(namespace, &cluster_dir().join("jobkeeper.kubeconfig"), extra)
+        Self::start_with_kubeconfig(
+            namespace,
+            &cluster_dir().join("jobkeeper.kubeconfig"),
+            extra,
+        )
     }
 
     pub fn start_with_kubeconfig(namespace: &str, kubeconfig: &Path, extra: &[&str]) -> Controller {
