@@ -1,6 +1,6 @@
 //! Leader election through a coordination.k8s.io Lease (kube-lease-manager). Only the
-//! leader runs the controller, so only the leader writes. A standby polls the Lease twice a
-//! second, so a Lease released on SIGTERM changes hands within about half a second; a Lease
+//! leader runs the controller, so only the leader writes. A standby polls the Lease every
+//! 750 ms, so a Lease released on SIGTERM changes hands within about a second; a Lease
 //! that stops being renewed (the leader died) changes hands when it expires.
 
 use std::time::Duration;
@@ -15,7 +15,7 @@ use crate::metrics::SharedMetrics;
 use crate::runtime::{self, RuntimeConfig};
 use crate::server::Readiness;
 
-const STANDBY_POLL: Duration = Duration::from_millis(500);
+const STANDBY_POLL: Duration = Duration::from_millis(750);
 
 pub async fn run_elected(
     client: Client,
@@ -27,17 +27,28 @@ pub async fn run_elected(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let duration = args.leader_elect_lease_duration.as_secs().max(3);
-    let manager = LeaseManagerBuilder::new(client.clone(), &args.leader_elect_lease_name)
-        .with_namespace(&args.leader_elect_namespace)
-        .with_identity(&identity)
-        .with_duration(duration)
-        .with_grace((duration / 3).max(1))
-        .build()
+    let new_manager = {
+        let client = client.clone();
+        let lease = args.leader_elect_lease_name.clone();
+        let namespace = args.leader_elect_namespace.clone();
+        let identity = identity.clone();
+        async move || {
+            LeaseManagerBuilder::new(client.clone(), &lease)
+                .with_namespace(&namespace)
+                .with_identity(&identity)
+                .with_duration(duration)
+                .with_grace((duration / 3).max(1))
+                .build()
+                .await
+        }
+    };
+    // Fail fast on a Lease we can never read or create (RBAC, namespace).
+    new_manager()
         .await
         .map_err(|e| anyhow::anyhow!("setting up the leader election Lease: {e}"))?;
     let (leading_tx, mut leading) = watch::channel(false);
     let (release_tx, release_rx) = watch::channel(false);
-    let elector = tokio::spawn(elect(manager, leading_tx, release_rx));
+    let elector = tokio::spawn(elect(new_manager, leading_tx, release_rx));
     info!(lease = %format!("{}/{}", args.leader_elect_namespace, args.leader_elect_lease_name),
         identity = %identity, "standing by for the leader lease");
     readiness.set(true);
@@ -89,29 +100,52 @@ pub async fn run_elected(
 
 /// Keeps the Lease: renews it while leading, polls it while standing by, and releases it
 /// when told to.
+///
+/// kube-lease-manager re-reads a Lease only once its cached copy has expired, so a
+/// standby holding one manager would notice a released Lease only at the old expiry. A
+/// manager reads the Lease when it is built, so the standby builds a fresh one per poll
+/// (two GETs) and keeps the one that wins.
 async fn elect(
-    manager: LeaseManager,
+    new_manager: impl AsyncFn() -> kube_lease_manager::Result<LeaseManager>,
     leading: watch::Sender<bool>,
     mut release: watch::Receiver<bool>,
 ) {
-    let mut is_leader = false;
+    enum Step {
+        Acquired(Box<LeaseManager>),
+        StillLeading,
+        Lost,
+        Waiting,
+        Failed(kube_lease_manager::LeaseManagerError),
+    }
+    let mut held: Option<LeaseManager> = None;
     loop {
         let step = async {
-            if is_leader {
-                Some(manager.changed().await)
-            } else {
-                tokio::time::timeout(STANDBY_POLL, manager.changed())
-                    .await
-                    .ok()
+            match &held {
+                Some(manager) => match manager.changed().await {
+                    Ok(true) => Step::StillLeading,
+                    Ok(false) => Step::Lost,
+                    Err(e) => Step::Failed(e),
+                },
+                None => {
+                    let manager = match new_manager().await {
+                        Ok(m) => m,
+                        Err(e) => return Step::Failed(e),
+                    };
+                    match tokio::time::timeout(STANDBY_POLL, manager.changed()).await {
+                        Ok(Ok(true)) => Step::Acquired(Box::new(manager)),
+                        Ok(Ok(false)) | Err(_) => Step::Waiting,
+                        Ok(Err(e)) => Step::Failed(e),
+                    }
+                }
             }
         };
         let released = async { release.wait_for(|r| *r).await.is_ok() };
-        let result = tokio::select! {
+        let step = tokio::select! {
             _ = released => None,
-            result = step => Some(result),
+            step = step => Some(step),
         };
-        let Some(result) = result else {
-            if is_leader {
+        let Some(step) = step else {
+            if let Some(manager) = held.take() {
                 match manager.release().await {
                     Ok(()) => info!("released the leader lease"),
                     Err(e) => warn!(error = %e, "could not release the leader lease"),
@@ -119,23 +153,24 @@ async fn elect(
             }
             return;
         };
-        {
-            match result {
-                None => {}
-                Some(Ok(now_leading)) => {
-                    is_leader = now_leading;
-                    leading.send(now_leading).ok();
+        match step {
+            Step::Acquired(manager) => {
+                held = Some(*manager);
+                leading.send(true).ok();
+            }
+            Step::StillLeading | Step::Waiting => {}
+            Step::Lost => {
+                held = None;
+                leading.send(false).ok();
+            }
+            Step::Failed(e) => {
+                // Unsure whether we still hold the Lease: step down rather than risk two
+                // writers.
+                warn!(error = %e, "leader lease error");
+                if held.take().is_some() {
+                    leading.send(false).ok();
                 }
-                Some(Err(e)) => {
-                    // Unsure whether we still hold the Lease: step down rather than risk
-                    // two writers.
-                    warn!(error = %e, "leader lease error");
-                    if is_leader {
-                        is_leader = false;
-                        leading.send(false).ok();
-                    }
-                    tokio::time::sleep(STANDBY_POLL).await;
-                }
+                tokio::time::sleep(STANDBY_POLL).await;
             }
         }
     }
