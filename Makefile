@@ -34,10 +34,12 @@ lint:
 unit:
 	cargo test --lib --bins
 
-## Integration tests start their own control plane (see tests/support) unless
-## JOBKEEPER_TEST_CLUSTER points at a running one.
+## Integration tests start their own control plane in $(TEST_CLUSTER) (see
+## tests/support) and stop it afterwards; KEEP_CLUSTER=1 keeps it for the next run.
+TEST_CLUSTER ?= $(CURDIR)/target/test-cluster
 integration: control-plane
-	cargo test --test '*' -- --test-threads=4
+	@status=0; JOBKEEPER_TEST_CLUSTER=$(TEST_CLUSTER) cargo test --test '*' -- --test-threads=4 || status=$$?; \
+	  if [ -z "$(KEEP_CLUSTER)" ]; then tests/cluster/down.sh $(TEST_CLUSTER); fi; exit $$status
 
 test: lint unit integration
 
@@ -48,7 +50,8 @@ run: cluster-up
 	cargo build --bin jobkeeper
 	$(KUBECTL) apply -f deploy/examples/
 	@echo "watch with: export KUBECONFIG=$(KUBECONFIG_ADMIN); kubectl get jobs -w"
-	RUST_LOG=$${RUST_LOG:-info} target/debug/jobkeeper --kubeconfig $(CLUSTER_DIR)/jobkeeper.kubeconfig run --leader-elect=false
+	cargo run --quiet --bin jobkeeper -- --kubeconfig $(CLUSTER_DIR)/jobkeeper.kubeconfig run \
+	  --metrics-addr 127.0.0.1:8080 --health-addr 127.0.0.1:8081
 
 bench: control-plane
 	cargo run --release --bin jobkeeper-bench -- $(BENCH_ARGS)

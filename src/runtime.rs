@@ -33,6 +33,35 @@ pub const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
 /// A sync plans and applies at most this many steps before yielding to other Jobs.
 const MAX_STEPS_PER_SYNC: usize = 6;
 
+/// Jobs triggered by a watch event whose sync has not started yet: the controller's
+/// queue, deduplicated as it is, for the `queue_depth` gauge.
+#[derive(Clone, Default)]
+pub struct Pending {
+    keys: Arc<Mutex<HashSet<ObjectRef<Job>>>>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Pending {
+    fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        Pending {
+            keys: Arc::default(),
+            gauge,
+        }
+    }
+
+    fn add(&self, key: ObjectRef<Job>) {
+        let mut keys = self.keys.lock().expect("pending lock");
+        keys.insert(key);
+        self.gauge.set(keys.len() as i64);
+    }
+
+    fn started(&self, key: &ObjectRef<Job>) {
+        let mut keys = self.keys.lock().expect("pending lock");
+        keys.remove(key);
+        self.gauge.set(keys.len() as i64);
+    }
+}
+
 /// Which Jobs are ours.
 #[derive(Debug, Clone)]
 pub struct Ownership {
@@ -87,6 +116,7 @@ pub struct Context {
     pub events: EventSink,
     pub metrics: SharedMetrics,
     pub caches: Caches,
+    pub pending: Pending,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +168,7 @@ pub fn pods_of(pods: &Store<Pod>, job: &Job) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
 async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, SyncError> {
     // Never plan from an empty pod cache: that would create every pod again.
     ctx.caches.wait_until_ready().await;
+    ctx.pending.started(&ObjectRef::from_obj(&*job));
     let started = Instant::now();
     let result = sync(job.clone(), &ctx).await;
     let uid = job.uid().unwrap_or_default();
@@ -483,6 +514,7 @@ pub fn controller(
     };
     let namespaces = config.ownership.namespaces.clone();
 
+    let pending = Pending::new(metrics.queue_depth.clone());
     let (deleted_tx, deleted_rx) = mpsc::unbounded_channel();
     let managed_jobs = metrics.managed_jobs.clone();
     let job_events = watcher(jobs_api, watcher::Config::default())
@@ -490,7 +522,15 @@ pub fn controller(
         .filter_map(ours_only(config.ownership.clone(), deleted_tx))
         .modify(slim_job)
         .reflect(job_writer)
-        .applied_objects();
+        .applied_objects()
+        .inspect({
+            let pending = pending.clone();
+            move |job| {
+                if let Ok(job) = job {
+                    pending.add(ObjectRef::from_obj(job));
+                }
+            }
+        });
     let (left_tx, left_rx) = mpsc::unbounded_channel();
     let pod_events = watcher(
         pods_api,
@@ -539,13 +579,24 @@ pub fn controller(
         events,
         metrics: metrics.clone(),
         caches: caches.clone(),
+        pending: pending.clone(),
     });
     let jobs_for_mapper = job_store.clone();
     let release = release_pods_that_left_the_selector(client.clone(), job_store.clone(), left_rx);
     let cleanup = release_pods_of_deleted_jobs(client, pod_store.clone(), expectations, deleted_rx);
     let jobs_gauge = job_store.clone();
     let run = Controller::for_stream(job_events, job_store)
-        .watches_stream(pod_events, move |pod| jobs_for_pod(&jobs_for_mapper, &pod))
+        .watches_stream(pod_events, {
+            let pending = pending.clone();
+            move |pod| {
+                let jobs = jobs_for_pod(&jobs_for_mapper, &pod);
+                // Only Jobs in our cache get synced; others never leave the queue.
+                for job in jobs.iter().filter(|j| jobs_for_mapper.get(j).is_some()) {
+                    pending.add(job.clone());
+                }
+                jobs
+            }
+        })
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
