@@ -536,9 +536,13 @@ async fn metrics_move_and_readiness_waits_for_the_caches() {
     );
     assert_eq!(sum_metric(&text, "jobkeeper_leader", &[]), 1.0);
     assert_eq!(sum_metric(&text, "jobkeeper_managed_jobs", &[]), 1.0);
-    wait_for("an empty queue once the Job is done", Duration::from_secs(10), || async {
-        (sum_metric(&c.metrics().await, "jobkeeper_queue_depth", &[]) == 0.0).then_some(())
-    })
+    wait_for(
+        "an empty queue once the Job is done",
+        Duration::from_secs(10),
+        || async {
+            (sum_metric(&c.metrics().await, "jobkeeper_queue_depth", &[]) == 0.0).then_some(())
+        },
+    )
     .await;
     let ready = http_get(c.health_port, "/readyz").await.unwrap_or_default();
     assert!(
