@@ -1,7 +1,8 @@
 //! The install manifests against the real apiserver: `deploy/` applies (server-side dry run,
 //! so admission and validation run), its pod passes the `restricted` Pod Security level the
 //! namespace enforces, the Deployment's ports, probes and flags match what the binary
-//! serves and accepts, and the kind overlay renders `--all-jobs`. Also lints the Dockerfile.
+//! serves and accepts, and the kind overlay renders `--all-jobs`. Also lints the Dockerfile,
+//! and runs the sample Jobs under the RBAC `deploy/` grants.
 
 mod support;
 
@@ -284,5 +285,42 @@ fn dockerfile_passes_hadolint() {
         "hadolint findings:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The sample Jobs, run by jobkeeper under the identity `deploy/`'s RBAC binds and nothing
+/// more: they finish as their comments promise, so the ClusterRole is sufficient.
+#[tokio::test]
+async fn example_jobs_finish_under_the_deploy_rbac() {
+    let env = TestEnv::new("examples").await;
+    ok(
+        &kubectl(&["apply", "-n", &env.ns, "-f", "deploy/examples/"], None),
+        "applying deploy/examples",
+    );
+    let hello = env.wait_condition("hello", "Complete").await;
+    assert_eq!(hello.succeeded, Some(3));
+    let indexed = env.wait_condition("indexed", "Complete").await;
+    assert_eq!(indexed.completed_indexes.as_deref(), Some("0-4"));
+    let failing = env.wait_condition("failing", "Failed").await;
+    assert_eq!(
+        failing.failed,
+        Some(3),
+        "backoffLimit 2: the third failure fails the Job"
+    );
+    let reason = failing
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Failed")
+        .and_then(|c| c.reason);
+    assert_eq!(reason.as_deref(), Some("BackoffLimitExceeded"));
+    env.assert_no_rejected_status().await;
+    let forbidden = env
+        .controller()
+        .counter("jobkeeper_kube_api_requests_total", &[("code", "403")])
+        .await;
+    assert_eq!(
+        forbidden, 0.0,
+        "a request was forbidden: the ClusterRole is short"
     );
 }
