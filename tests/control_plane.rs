@@ -3,13 +3,11 @@
 
 mod support;
 
-use std::time::Duration;
-
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::batch::v1::JobStatus;
-use kube::api::{DeleteParams, PostParams, PropagationPolicy};
+use kube::api::PostParams;
 use kube::{Api, Client};
 use support::*;
 
@@ -94,22 +92,7 @@ async fn garbage_collector_deletes_pods_of_a_deleted_job() {
     let env = TestEnv::without_controller("gc").await;
     env.create_job(&driven_job("doomed", None)).await;
     env.wait_active("doomed", 1).await;
-    env.jobs()
-        .delete(
-            "doomed",
-            &DeleteParams {
-                propagation_policy: Some(PropagationPolicy::Background),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("deleting the Job");
-    wait_for(
-        "the Job's pods to be gone",
-        Duration::from_secs(60),
-        || async { env.pods_of("doomed").await.is_empty().then_some(()) },
-    )
-    .await;
+    env.delete_job_and_wait_for_its_pods("doomed").await;
 }
 
 async fn can(client: &Client, verb: &str, group: &str, resource: &str, sub: Option<&str>) -> bool {

@@ -4,12 +4,11 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use support::*;
@@ -167,15 +166,7 @@ async fn indexed_pods_get_index_annotation_label_hostname_and_env() {
 #[tokio::test]
 async fn job_runs_to_completion_on_kwok_nodes_with_exact_status() {
     let env = TestEnv::new("kwok-run").await;
-    let mut job = kwok_job("run", Some(MANAGED_BY));
-    let spec = job.spec.as_mut().unwrap();
-    spec.completions = Some(4);
-    spec.parallelism = Some(2);
-    spec.template.metadata.as_mut().unwrap().annotations = Some(BTreeMap::from([(
-        "jobkeeper.dev/run-ms".to_string(),
-        "200".to_string(),
-    )]));
-    env.create_job(&job).await;
+    env.create_job(&kwok_job_sized("run", 4, 2, 200)).await;
     let status = env.wait_condition("run", "Complete").await;
     assert_eq!(
         (status.active, status.ready, status.terminating),
@@ -409,22 +400,7 @@ async fn deleting_a_job_releases_its_pods_from_the_tracking_finalizer() {
     env.create_job(&job).await;
     let pods = env.wait_active("del", 3).await;
     env.succeed(&pods[0]).await;
-    env.jobs()
-        .delete(
-            "del",
-            &DeleteParams {
-                propagation_policy: Some(PropagationPolicy::Background),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("deleting the Job");
-    wait_for(
-        "every pod of the deleted Job to be gone",
-        Duration::from_secs(60),
-        || async { env.pods_of("del").await.is_empty().then_some(()) },
-    )
-    .await;
+    env.delete_job_and_wait_for_its_pods("del").await;
 }
 
 #[tokio::test]
@@ -576,15 +552,7 @@ async fn metrics_move_and_readiness_waits_for_the_caches() {
 #[tokio::test]
 async fn many_pods_complete_with_exact_counts_and_no_double_creates() {
     let env = TestEnv::new("exact").await;
-    let mut job = kwok_job("many", Some(MANAGED_BY));
-    let spec = job.spec.as_mut().unwrap();
-    spec.completions = Some(40);
-    spec.parallelism = Some(20);
-    spec.template.metadata.as_mut().unwrap().annotations = Some(BTreeMap::from([(
-        "jobkeeper.dev/run-ms".to_string(),
-        "100".to_string(),
-    )]));
-    env.create_job(&job).await;
+    env.create_job(&kwok_job_sized("many", 40, 20, 100)).await;
     let status = env.wait_condition("many", "Complete").await;
     assert_eq!(
         (status.succeeded, status.failed, status.active),

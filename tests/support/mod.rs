@@ -301,6 +301,27 @@ impl TestEnv {
             .expect("creating a Job")
     }
 
+    /// Deletes the Job with background propagation and waits until its pods are gone
+    /// (the garbage collector deletes them; their tracking finalizers must not hold them).
+    pub async fn delete_job_and_wait_for_its_pods(&self, name: &str) {
+        self.jobs()
+            .delete(
+                name,
+                &kube::api::DeleteParams {
+                    propagation_policy: Some(kube::api::PropagationPolicy::Background),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("deleting the Job");
+        wait_for(
+            &format!("the pods of {name} to be gone"),
+            Duration::from_secs(60),
+            || async { self.pods_of(name).await.is_empty().then_some(()) },
+        )
+        .await;
+    }
+
     pub async fn job(&self, name: &str) -> Job {
         self.jobs().get(name).await.expect("reading a Job")
     }
@@ -608,6 +629,20 @@ pub fn kwok_job(name: &str, managed_by: Option<&str>) -> Job {
     let spec = job.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
     spec.scheduler_name = None;
     spec.tolerations = None;
+    job
+}
+
+/// A kwok-run Job of ours: `completions` pods, `parallelism` at a time, each running
+/// `run_ms` before it succeeds.
+pub fn kwok_job_sized(name: &str, completions: i32, parallelism: i32, run_ms: u32) -> Job {
+    let mut job = kwok_job(name, Some(MANAGED_BY));
+    let spec = job.spec.as_mut().unwrap();
+    spec.completions = Some(completions);
+    spec.parallelism = Some(parallelism);
+    spec.template.metadata.as_mut().unwrap().annotations = Some(BTreeMap::from([(
+        "jobkeeper.dev/run-ms".to_string(),
+        run_ms.to_string(),
+    )]));
     job
 }
 
