@@ -525,10 +525,13 @@ pub fn controller(
         .applied_objects()
         .inspect({
             let pending = pending.clone();
+            let jobs = job_store.clone();
+            let managed_jobs = managed_jobs.clone();
             move |job| {
                 if let Ok(job) = job {
                     pending.add(ObjectRef::from_obj(job));
                 }
+                managed_jobs.set(jobs.len() as i64);
             }
         });
     let (left_tx, left_rx) = mpsc::unbounded_channel();

@@ -301,11 +301,15 @@ async fn restart_counts_under_on_failure_exceed_the_backoff_limit() {
     spec.template.spec.as_mut().unwrap().restart_policy = Some("OnFailure".into());
     env.create_job(&job).await;
     let pod = env.wait_active("of", 1).await.remove(0);
-    env.set_restarts(&pod, 2).await;
-    // Two restarts is at the limit, not past it.
-    env.wait_status("of", "still running", |s| s.active == Some(1))
+    env.set_restarts(&pod, 1).await;
+    // Seeing the pod ready proves the controller planned from 1 restart: below the limit.
+    let running = env
+        .wait_status("of", "ready with 1 restart", |s| s.ready == Some(1))
         .await;
-    env.set_restarts(&pod, 3).await;
+    assert_eq!((running.active, running.failed), (Some(1), None));
+    assert!(!has_condition(&running, "FailureTarget"));
+    // As upstream: restarts of running pods ≥ backoffLimit fail the Job.
+    env.set_restarts(&pod, 2).await;
     let status = env.wait_condition("of", "Failed").await;
     let failed = status
         .conditions
@@ -457,11 +461,14 @@ async fn jobs_of_other_controllers_are_left_alone() {
         env.job("theirs").await.status.unwrap_or_default(),
         Default::default()
     );
-    let managed = env
-        .controller()
-        .counter("jobkeeper_managed_jobs", &[])
-        .await;
-    assert_eq!(managed, 1.0, "only our Job is cached");
+    // Only ours is cached: the gauge says 1 (and never 2) once ours is in.
+    let c = env.controller();
+    wait_for(
+        "the managed_jobs gauge",
+        Duration::from_secs(10),
+        || async { (c.counter("jobkeeper_managed_jobs", &[]).await == 1.0).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -474,12 +474,16 @@ impl TestEnv {
     }
 
     /// Active pods with `restarts` container restarts (restartPolicy OnFailure).
+    ///
+    /// The pod is also Ready (its restarted containers run again), so a status showing it
+    /// ready proves the controller has planned from this pod state.
     pub async fn set_restarts(&self, pod: &Pod, restarts: i32) {
         let now = Timestamp::now().to_string();
         self.patch_pod_status(
             pod,
             json!({
                 "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
                 "containerStatuses": container_statuses(pod, json!({"running": {"startedAt": now}}), restarts),
             }),
         )
