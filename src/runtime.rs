@@ -548,11 +548,13 @@ pub fn controller(
             }
             _ => true,
         };
-        // A "delete" of a pod nobody deleted: its labels no longer match the watch.
+        // A "delete" of a pod nobody deleted: its labels no longer match the watch. (Not
+        // only pods with the tracking finalizer: the built-in controller strips it from
+        // any pod it sees orphaned, even for a moment.)
         if let Ok(Event::Delete(p)) = &event
             && keep
             && p.metadata.deletion_timestamp.is_none()
-            && execute::has_tracking_finalizer(p)
+            && controller_of(p).is_some_and(|o| o.kind == "Job")
         {
             left_tx.send(Arc::new(p.clone())).ok();
         }
