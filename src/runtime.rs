@@ -134,9 +134,24 @@ pub fn pods_of(pods: &Store<Pod>, job: &Job) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
     (owned, orphans)
 }
 
+/// Waits until `store` has listed once. kube's `Store::wait_until_ready` wakes only the
+/// task that polled it last (one oneshot receiver behind a mutex), so with several waiters
+/// (the controller itself, readiness, concurrent syncs) the others would wait forever; asking
+/// again every 100 ms re-registers each waiter and sees the memoized readiness.
+async fn until_ready<K>(store: &Store<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
+        .await
+        .is_err()
+    {}
+}
+
 async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, SyncError> {
     // Never plan from an empty pod cache: that would create every pod again.
-    ctx.pods.wait_until_ready().await.ok();
+    until_ready(&ctx.pods).await;
     let started = Instant::now();
     let result = sync(job.clone(), &ctx).await;
     let uid = job.uid().unwrap_or_default();
@@ -357,8 +372,8 @@ pub struct Caches {
 
 impl Caches {
     pub async fn wait_until_ready(&self) {
-        self.jobs.wait_until_ready().await.ok();
-        self.pods.wait_until_ready().await.ok();
+        until_ready(&self.jobs).await;
+        until_ready(&self.pods).await;
     }
 }
 
