@@ -92,7 +92,11 @@ pub fn attribute(log: &Path, runs: &mut [RunResult]) -> anyhow::Result<()> {
         let key = format!("{} {resource}", event.verb);
         let at = event.request_received_timestamp;
         let code = event.response_status.and_then(|s| s.code).unwrap_or(0);
-        match object.namespace.as_deref().and_then(|ns| by_namespace.get(ns)) {
+        match object
+            .namespace
+            .as_deref()
+            .and_then(|ns| by_namespace.get(ns))
+        {
             Some(&i) => {
                 let w = &windows[i];
                 if event.user.username != w.user || at < w.start || at > w.end {

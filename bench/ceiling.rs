@@ -147,10 +147,7 @@ impl Ceiling {
             let fail = attempt == 0 && index < w.fail_per_job;
             let pod = self.pod(&job, index, attempt);
             names.push(pod.name_any());
-            running.spawn(
-                self.clone()
-                    .run_pod(pods.clone(), pod, index, fail, delay),
-            );
+            running.spawn(self.clone().run_pod(pods.clone(), pod, index, fail, delay));
         };
         for index in 0..parallelism {
             spawn(index, 0, Duration::ZERO, &mut running);
@@ -167,27 +164,46 @@ impl Ceiling {
         let (mut succeeded, mut failed, mut failures_since_success) = (0u32, 0u32, 0u32);
         let mut attempts = std::collections::HashMap::<u32, u32>::new();
         while succeeded < total {
-            let (index, pod_failed, _name) = running
+            let first = running
                 .join_next()
                 .await
                 .context("no pod left to wait for")???;
-            if pod_failed {
-                failed += 1;
-                failures_since_success += 1;
-                let attempt = attempts.entry(index).or_default();
-                *attempt += 1;
-                spawn(
-                    index,
-                    *attempt,
-                    failure_backoff(failures_since_success),
-                    &mut running,
-                );
-            } else {
-                succeeded += 1;
+            let first_failed = first.1;
+            let mut batch = vec![first];
+            if first_failed {
+                // Upstream counts only failures that finished after the last success, at the
+                // one-second precision of pod finish times: gather the pods finishing with
+                // this one before deciding the backoff.
+                let until = tokio::time::Instant::now() + Duration::from_millis(200);
+                while let Ok(Some(next)) = tokio::time::timeout_at(until, running.join_next()).await
+                {
+                    batch.push(next??);
+                }
+            }
+            let any_success = batch.iter().any(|(_, failed, _)| !failed);
+            if any_success {
                 failures_since_success = 0;
-                if next_index < total {
-                    spawn(next_index, 0, Duration::ZERO, &mut running);
-                    next_index += 1;
+            }
+            for (index, pod_failed, _) in batch {
+                if pod_failed {
+                    failed += 1;
+                    if !any_success {
+                        failures_since_success += 1;
+                    }
+                    let attempt = attempts.entry(index).or_default();
+                    *attempt += 1;
+                    let delay = if failures_since_success == 0 {
+                        Duration::ZERO
+                    } else {
+                        failure_backoff(failures_since_success)
+                    };
+                    spawn(index, *attempt, delay, &mut running);
+                } else {
+                    succeeded += 1;
+                    if next_index < total {
+                        spawn(next_index, 0, Duration::ZERO, &mut running);
+                        next_index += 1;
+                    }
                 }
             }
         }

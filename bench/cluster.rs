@@ -116,14 +116,12 @@ impl Cluster {
         }
         Ok(pid)
     }
-
 }
 
 /// An unthrottled client from a kubeconfig file.
 pub async fn client(path: &Path) -> anyhow::Result<kube::Client> {
     let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
-    let mut config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
     config.read_timeout = Some(Duration::from_secs(60));
     Ok(kube::Client::try_from(config)?)
 }
@@ -197,7 +195,11 @@ async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
         let timeout = Duration::from_secs(2);
         let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
         s.set_read_timeout(Some(timeout)).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
         let mut buf = String::new();
         s.read_to_string(&mut buf).ok()?;
         Some(buf)

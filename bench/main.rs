@@ -30,7 +30,11 @@ pub struct Args {
     #[arg(long, default_value_t = 1.0)]
     pub scale: f64,
     /// Workloads to run, in order.
-    #[arg(long, value_delimiter = ',', default_value = "paced,small,wide,indexed")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "paced,small,wide,indexed"
+    )]
     pub workloads: Vec<String>,
     /// Who syncs the Jobs: kcm, jobkeeper, ceiling.
     #[arg(long, value_delimiter = ',', default_value = "kcm,jobkeeper,ceiling")]

@@ -91,7 +91,11 @@ fn latency_cdf(
         &format!("Pod done → Job status counts it, CDF (client limit {limit})"),
         ("sans-serif", 22),
     )?;
-    for (area, w) in body.split_evenly((1, workloads.len().max(1))).iter().zip(workloads) {
+    for (area, w) in body
+        .split_evenly((1, workloads.len().max(1)))
+        .iter()
+        .zip(workloads)
+    {
         let series: Vec<(&str, Vec<f64>)> = ["kcm", "jobkeeper"]
             .iter()
             .filter_map(|side| {
@@ -131,7 +135,9 @@ fn latency_cdf(
             chart
                 .draw_series(LineSeries::new(points, c.stroke_width(2)))?
                 .label(name(side))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -159,7 +165,11 @@ fn completions(
         &format!("Pods counted as succeeded over time (client limit {limit})"),
         ("sans-serif", 22),
     )?;
-    for (area, w) in body.split_evenly((1, workloads.len().max(1))).iter().zip(workloads) {
+    for (area, w) in body
+        .split_evenly((1, workloads.len().max(1)))
+        .iter()
+        .zip(workloads)
+    {
         let runs: Vec<&RunResult> = ["kcm", "jobkeeper", "ceiling"]
             .iter()
             .filter_map(|side| find(results, limit, w, side))
@@ -197,7 +207,9 @@ fn completions(
             chart
                 .draw_series(LineSeries::new(points, c.stroke_width(2)))?
                 .label(name(&r.side))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()

@@ -124,7 +124,9 @@ const METRICS: &[Metric] = &[
     }),
     ("minimum requests / Job", 0, |r| Some(r.minimum_per_job())),
     ("controller CPU (s)", 2, |r| r.controller_cpu_s),
-    ("controller peak RSS (MiB)", 1, |r| mib(r.controller_peak_rss)),
+    ("controller peak RSS (MiB)", 1, |r| {
+        mib(r.controller_peak_rss)
+    }),
     ("kube-apiserver CPU (s)", 1, |r| r.apiserver_cpu_s),
     ("etcd CPU (s)", 1, |r| r.etcd_cpu_s),
     ("largest Job status (bytes)", 0, |r| {
@@ -221,7 +223,10 @@ pub fn markdown(args: &Args, results: &[RunResult]) -> String {
                 );
             }
             let _ = writeln!(s);
-            let _ = writeln!(s, "<details><summary>API requests per Job by verb and resource</summary>\n");
+            let _ = writeln!(
+                s,
+                "<details><summary>API requests per Job by verb and resource</summary>\n"
+            );
             let mut keys: BTreeMap<&str, ()> = BTreeMap::new();
             for r in [k, j, c].iter().flatten() {
                 for key in r.api.keys().chain(r.api_errors.keys()) {
@@ -289,7 +294,8 @@ fn verdict(ok: bool) -> &'static str {
 
 /// The goals, checked against the figures above.
 pub fn goals(results: &[RunResult]) -> String {
-    let mut s = String::from("## Goals\n\n| goal | where | figure | verdict |\n|---|---|---|---|\n");
+    let mut s =
+        String::from("## Goals\n\n| goal | where | figure | verdict |\n|---|---|---|---|\n");
     let limits = limits_of(results);
     let unthrottled = limits
         .iter()
@@ -343,11 +349,23 @@ pub fn goals(results: &[RunResult]) -> String {
                 percentile(&j.pod_latency_ms, 50.0).unwrap_or(f64::NAN),
                 percentile(&j.pod_latency_ms, 99.0).unwrap_or(f64::NAN),
             );
-            let below = if w == "paced" { " (below saturation)" } else { " (saturated: all Jobs at once)" };
+            let below = if w == "paced" {
+                " (below saturation)"
+            } else {
+                " (saturated: all Jobs at once)"
+            };
             let _ = writeln!(
                 s,
                 "| status latency p50 ≤ 50 ms, p99 ≤ 250 ms | {w} @ {limit}{below} | p50 {p50:.0} ms, p99 {p99:.0} ms | {} |",
-                if w == "paced" { verdict(p50 <= 50.0 && p99 <= 250.0) } else { if p50 <= 50.0 && p99 <= 250.0 { "met" } else { "not a goal here" } }
+                if w == "paced" {
+                    verdict(p50 <= 50.0 && p99 <= 250.0)
+                } else {
+                    if p50 <= 50.0 && p99 <= 250.0 {
+                        "met"
+                    } else {
+                        "not a goal here"
+                    }
+                }
             );
         }
     }
@@ -402,7 +420,11 @@ pub fn goals(results: &[RunResult]) -> String {
             "| Indexed Job completes, status ≪ 1.5 MiB | {} completions @ {} | {} ({} bytes largest status, {} bytes largest object) | {} |",
             r.workload.completions,
             r.limit,
-            if r.jobs_complete == 1 { "Complete" } else { "not Complete" },
+            if r.jobs_complete == 1 {
+                "Complete"
+            } else {
+                "not Complete"
+            },
             r.max_status_bytes,
             r.max_object_bytes,
             verdict(r.jobs_complete == 1 && r.max_object_bytes < 1024 * 1024)

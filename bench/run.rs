@@ -291,10 +291,8 @@ async fn run_one(
         if side != "ceiling" {
             // The k-th pod to finish is counted when the counters first reach k.
             for (k, t) in terminal.iter().enumerate() {
-                if let Some(&(at, _, _)) = job
-                    .counted
-                    .iter()
-                    .find(|&&(_, s, f)| (s + f) as usize > k)
+                if let Some(&(at, _, _)) =
+                    job.counted.iter().find(|&&(_, s, f)| (s + f) as usize > k)
                 {
                     pod_latency.push((at - t).max(0.0));
                 }
@@ -335,8 +333,16 @@ async fn run_one(
         timed_out,
         loadavg_before,
         wall_s: (finish_ms - t0) / 1000.0,
-        jobs_complete: state.jobs.values().filter(|j| j.complete_ms.is_some()).count() as u32,
-        jobs_failed: state.jobs.values().filter(|j| j.failed_ms.is_some()).count() as u32,
+        jobs_complete: state
+            .jobs
+            .values()
+            .filter(|j| j.complete_ms.is_some())
+            .count() as u32,
+        jobs_failed: state
+            .jobs
+            .values()
+            .filter(|j| j.failed_ms.is_some())
+            .count() as u32,
         pods_succeeded,
         pods_failed,
         pods_seen: state.pods_seen,
@@ -347,13 +353,24 @@ async fn run_one(
         controller_peak_rss: peak_rss,
         apiserver_cpu_s: delta(cpu_before.1, cpu_after.1),
         etcd_cpu_s: delta(cpu_before.2, cpu_after.2),
-        max_status_bytes: state.jobs.values().map(|j| j.max_status_bytes).max().unwrap_or(0),
-        max_object_bytes: state.jobs.values().map(|j| j.max_object_bytes).max().unwrap_or(0),
+        max_status_bytes: state
+            .jobs
+            .values()
+            .map(|j| j.max_status_bytes)
+            .max()
+            .unwrap_or(0),
+        max_object_bytes: state
+            .jobs
+            .values()
+            .map(|j| j.max_object_bytes)
+            .max()
+            .unwrap_or(0),
         api: BTreeMap::new(),
         api_errors: BTreeMap::new(),
         api_cluster: BTreeMap::new(),
     };
     drop(state);
+    rec.stop();
     cleanup(&admin, &ns).await?;
     Ok(result)
 }

@@ -11,8 +11,8 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::watcher::{self, Event, watcher};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
@@ -51,6 +51,7 @@ pub struct Recorder {
     pub state: Arc<Mutex<State>>,
     /// Jobs finished (Complete or Failed) so far.
     pub finished: watch::Sender<u32>,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 pub struct Injection {
@@ -75,6 +76,7 @@ impl Recorder {
             start: Instant::now(),
             state: Arc::default(),
             finished: watch::channel(0).0,
+            tasks: Arc::default(),
         };
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(2);
 
@@ -82,7 +84,7 @@ impl Recorder {
         let r = rec.clone();
         let ready = ready_tx.clone();
         let pods_api = pods.clone();
-        tokio::spawn(async move {
+        let pod_task = tokio::spawn(async move {
             let mut events = watcher(pods, watcher::Config::default())
                 .default_backoff()
                 .boxed();
@@ -100,7 +102,7 @@ impl Recorder {
         });
         let jobs: Api<Job> = Api::namespaced(client, ns);
         let r = rec.clone();
-        tokio::spawn(async move {
+        let job_task = tokio::spawn(async move {
             let mut events = watcher(jobs, watcher::Config::default())
                 .default_backoff()
                 .boxed();
@@ -114,9 +116,20 @@ impl Recorder {
                 }
             }
         });
+        rec.tasks
+            .lock()
+            .expect("tasks lock")
+            .extend([pod_task, job_task]);
         ready_rx.recv().await;
         ready_rx.recv().await;
         rec
+    }
+
+    /// Stops both watches.
+    pub fn stop(&self) {
+        for task in self.tasks.lock().expect("tasks lock").drain(..) {
+            task.abort();
+        }
     }
 
     /// Milliseconds since the watches started, the clock of every record.
@@ -140,7 +153,8 @@ impl Recorder {
                     let api = api.clone();
                     let name = pod.name_any();
                     tokio::spawn(async move {
-                        let patch = json!({"metadata": {"annotations": {EXIT_CODE_ANNOTATION: "1"}}});
+                        let patch =
+                            json!({"metadata": {"annotations": {EXIT_CODE_ANNOTATION: "1"}}});
                         if let Err(e) = api
                             .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
                             .await

@@ -59,8 +59,8 @@ impl Workload {
                 parallelism: a.wide_parallelism,
                 completions: a.wide_completions,
                 indexed: false,
-                fail_per_job: (f64::from(a.wide_completions) * a.wide_fail_percent / 100.0)
-                    .round() as u32,
+                fail_per_job: (f64::from(a.wide_completions) * a.wide_fail_percent / 100.0).round()
+                    as u32,
                 create_rate: None,
             },
             "indexed" => Workload {
