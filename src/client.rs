@@ -4,6 +4,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,7 @@ pub fn build(
     let limiter = rate_limiter(qps, burst)?;
     let layer = ApiLayer {
         limiter: limiter.map(Arc::new),
+        waiting: Arc::default(),
         metrics,
     };
     Ok(ClientBuilder::try_from(config)?.with_layer(&layer).build())
@@ -46,6 +48,8 @@ fn rate_limiter(qps: f32, burst: u32) -> anyhow::Result<Option<DefaultDirectRate
 #[derive(Clone)]
 struct ApiLayer {
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    /// Requests other than events waiting for a token.
+    waiting: Arc<AtomicUsize>,
     metrics: SharedMetrics,
 }
 
@@ -85,10 +89,24 @@ where
         // it delays the request itself.
         let response = self.inner.call(req);
         let limiter = self.layer.limiter.clone();
+        let waiting = self.layer.waiting.clone();
         let metrics = self.layer.metrics.clone();
+        let event = resource == "events";
         Box::pin(async move {
             if let Some(limiter) = limiter {
-                limiter.until_ready().await;
+                if event {
+                    // Events report progress; under the limit they yield their turn to the
+                    // pod and status writes that make it, as client-go's event broadcaster
+                    // lags behind its controller's writes.
+                    while waiting.load(Ordering::Relaxed) > 0 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    limiter.until_ready().await;
+                } else {
+                    waiting.fetch_add(1, Ordering::Relaxed);
+                    limiter.until_ready().await;
+                    waiting.fetch_sub(1, Ordering::Relaxed);
+                }
             }
             let started = Instant::now();
             let result = response.await;
