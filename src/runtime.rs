@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::config::BUILT_IN_MANAGER;
-use crate::execute::{self, ExecuteError, Executor, Step};
+use crate::execute::{self, EventBudget, ExecuteError, Executor, Step};
 use crate::expectations::Expectations;
 use crate::metrics::SharedMetrics;
 use crate::plan::{self, BackoffRecord, Snapshot};
@@ -85,6 +85,7 @@ pub struct Context {
     pub backoff: Mutex<HashMap<String, BackoffRecord>>,
     pub errors: Mutex<HashMap<String, u32>>,
     pub recorder: Recorder,
+    pub events: EventBudget,
     pub metrics: SharedMetrics,
 }
 
@@ -220,6 +221,7 @@ async fn sync(job: Arc<Job>, ctx: &Context) -> Result<Action, SyncError> {
             client: &ctx.client,
             expectations: &ctx.expectations,
             recorder: &ctx.recorder,
+            events: &ctx.events,
             metrics: &ctx.metrics,
         };
         let step = executor.apply(&view.job, &view.pods, plan).await?;
@@ -444,6 +446,7 @@ pub fn controller(
         backoff: Mutex::default(),
         errors: Mutex::default(),
         recorder,
+        events: EventBudget::default(),
         metrics: metrics.clone(),
     });
     let jobs_for_mapper = job_store.clone();
