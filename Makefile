@@ -50,8 +50,11 @@ run: cluster-up
 	@echo "watch with: export KUBECONFIG=$(KUBECONFIG_ADMIN); kubectl get jobs -w"
 	RUST_LOG=$${RUST_LOG:-info} target/debug/jobkeeper --kubeconfig $(CLUSTER_DIR)/jobkeeper.kubeconfig run --leader-elect=false
 
+## KCM's job controller vs jobkeeper vs a minimal writer, one local control plane per client
+## limit; report and plots in bench/results/<date>/. Quick run: make bench BENCH_ARGS="--scale 0.1"
 bench: control-plane
-	cargo run --release --bin jobkeeper-bench -- $(BENCH_ARGS)
+	cargo build --release --bin jobkeeper --bin jobkeeper-bench
+	$${CARGO_TARGET_DIR:-target}/release/jobkeeper-bench $(BENCH_ARGS)
 
 docker-build:
 	docker build -t $(IMAGE) .
@@ -68,3 +71,4 @@ undeploy:
 clean:
 	cargo clean
 	tests/cluster/down.sh $(CLUSTER_DIR); rm -rf $(CLUSTER_DIR)
+	for d in .bench-cluster-*; do [ -d "$$d" ] && tests/cluster/down.sh "$$d"; rm -rf "$$d"; done
