@@ -162,6 +162,7 @@ impl Ceiling {
             .await?;
 
         let (mut succeeded, mut failed, mut failures_since_success) = (0u32, 0u32, 0u32);
+        let mut last_success: Option<tokio::time::Instant> = None;
         let mut attempts = std::collections::HashMap::<u32, u32>::new();
         while succeeded < total {
             let first = running
@@ -171,23 +172,25 @@ impl Ceiling {
             let first_failed = first.1;
             let mut batch = vec![first];
             if first_failed {
-                // Upstream counts only failures that finished after the last success, at the
-                // one-second precision of pod finish times: gather the pods finishing with
-                // this one before deciding the backoff.
+                // Gather the pods finishing with this one before deciding the backoff.
                 let until = tokio::time::Instant::now() + Duration::from_millis(200);
                 while let Ok(Some(next)) = tokio::time::timeout_at(until, running.join_next()).await
                 {
                     batch.push(next??);
                 }
             }
-            let any_success = batch.iter().any(|(_, failed, _)| !failed);
-            if any_success {
+            let now = tokio::time::Instant::now();
+            if batch.iter().any(|(_, failed, _)| !failed) {
+                last_success = Some(now);
                 failures_since_success = 0;
             }
             for (index, pod_failed, _) in batch {
                 if pod_failed {
                     failed += 1;
-                    if !any_success {
+                    // Upstream counts only failures that finished after the last success,
+                    // at the one-second precision of pod finish times.
+                    if last_success.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                    {
                         failures_since_success += 1;
                     }
                     let attempt = attempts.entry(index).or_default();

@@ -96,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,jobkeeper_bench=info".into()),
+                .unwrap_or_else(|_| "error,jobkeeper_bench=info".into()),
         )
         .with_target(false)
         .init();

@@ -264,7 +264,8 @@ async fn run_one(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let end_wall = Timestamp::now();
 
-    let state = rec.state.lock().expect("state lock");
+    rec.stop();
+    let state = std::mem::take(&mut *rec.state.lock().expect("state lock"));
     let last_complete = state
         .jobs
         .values()
@@ -369,8 +370,6 @@ async fn run_one(
         api_errors: BTreeMap::new(),
         api_cluster: BTreeMap::new(),
     };
-    drop(state);
-    rec.stop();
     cleanup(&admin, &ns).await?;
     Ok(result)
 }
