@@ -22,11 +22,12 @@ ENV CARGO_PROFILE_RELEASE_STRIP=symbols \
 WORKDIR /build
 
 # Dependencies: build against an empty crate of the same shape (a library and a binary).
+# Only the jobkeeper binary: the benchmark's sources (bench/) are not in the context.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && cargo build --release --locked --target "${TARGET}" \
+    && cargo build --release --locked --target "${TARGET}" --bin jobkeeper \
     && rm -rf src \
         "target/${TARGET}/release/.fingerprint/jobkeeper-"* \
         "target/${TARGET}/release/deps/jobkeeper-"* \

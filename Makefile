@@ -53,8 +53,11 @@ run: cluster-up
 	cargo run --quiet --bin jobkeeper -- --kubeconfig $(CLUSTER_DIR)/jobkeeper.kubeconfig run \
 	  --metrics-addr 127.0.0.1:8080 --health-addr 127.0.0.1:8081
 
+## KCM's job controller vs jobkeeper vs a minimal writer, one local control plane per client
+## limit; report and plots in bench/results/<date>/. Quick run: make bench BENCH_ARGS="--scale 0.1"
 bench: control-plane
-	cargo run --release --bin jobkeeper-bench -- $(BENCH_ARGS)
+	cargo build --release --bin jobkeeper --bin jobkeeper-bench
+	$${CARGO_TARGET_DIR:-target}/release/jobkeeper-bench $(BENCH_ARGS)
 
 docker-build:
 	docker build -t $(IMAGE) .
@@ -71,3 +74,4 @@ undeploy:
 clean:
 	cargo clean
 	tests/cluster/down.sh $(CLUSTER_DIR); rm -rf $(CLUSTER_DIR)
+	for d in .bench-cluster-*; do [ -d "$$d" ] && tests/cluster/down.sh "$$d"; rm -rf "$$d"; done

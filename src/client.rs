@@ -4,6 +4,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,7 @@ pub fn build(
     let limiter = rate_limiter(qps, burst)?;
     let layer = ApiLayer {
         limiter: limiter.map(Arc::new),
+        gate: Arc::default(),
         metrics,
     };
     Ok(ClientBuilder::try_from(config)?.with_layer(&layer).build())
@@ -43,9 +45,49 @@ fn rate_limiter(qps: f32, burst: u32) -> anyhow::Result<Option<DefaultDirectRate
     Ok(Some(RateLimiter::direct(quota)))
 }
 
+/// Holds events back while other requests wait for a token.
+#[derive(Default)]
+struct EventGate {
+    /// Requests other than events waiting for a token.
+    waiting: AtomicUsize,
+    /// Signalled when the last of them got its token.
+    idle: tokio::sync::Notify,
+}
+
+/// Counts one waiting request until dropped, even if its future is dropped while it waits.
+struct Waiting<'a>(&'a EventGate);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.0.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl EventGate {
+    fn enter(&self) -> Waiting<'_> {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        Waiting(self)
+    }
+
+    async fn until_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.waiting.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
 #[derive(Clone)]
 struct ApiLayer {
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    gate: Arc<EventGate>,
     metrics: SharedMetrics,
 }
 
@@ -85,10 +127,21 @@ where
         // it delays the request itself.
         let response = self.inner.call(req);
         let limiter = self.layer.limiter.clone();
+        let gate = self.layer.gate.clone();
         let metrics = self.layer.metrics.clone();
+        let event = resource == "events";
         Box::pin(async move {
             if let Some(limiter) = limiter {
-                limiter.until_ready().await;
+                if event {
+                    // Events report progress; under the limit they yield their turn to the
+                    // pod and status writes that make it, as client-go's event broadcaster
+                    // lags behind its controller's writes.
+                    gate.until_idle().await;
+                    limiter.until_ready().await;
+                } else {
+                    let _waiting = gate.enter();
+                    limiter.until_ready().await;
+                }
             }
             let started = Instant::now();
             let result = response.await;
@@ -215,6 +268,18 @@ mod tests {
                 "{method} {path}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn events_wait_until_no_other_request_waits() {
+        let gate = EventGate::default();
+        let waiting = gate.enter();
+        let held = tokio::time::timeout(Duration::from_millis(50), gate.until_idle()).await;
+        assert!(held.is_err(), "an event went ahead of a waiting write");
+        drop(waiting);
+        tokio::time::timeout(Duration::from_millis(50), gate.until_idle())
+            .await
+            .expect("released once no write waits");
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! nothing about Job rules: those live in the planner.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
 use k8s_openapi::api::batch::v1::Job;
@@ -452,11 +452,47 @@ impl Executor<'_> {
     }
 }
 
+/// Upstream's event spam filter (client-go's `EventSourceObjectSpamFilter`): per Job and
+/// reason, a burst of 25 events, then one more every 5 minutes; the rest are dropped. Without
+/// it a 10,000-pod Job publishes 10,000 `SuccessfulCreate` events, each a request.
+#[derive(Default)]
+pub struct EventBudget {
+    tokens: Mutex<HashMap<(String, String), (f64, Instant)>>,
+}
+
+const EVENT_BURST: f64 = 25.0;
+const EVENT_REFILL: Duration = Duration::from_secs(300);
+
+impl EventBudget {
+    pub fn allow(&self, job_uid: &str, reason: &str) -> bool {
+        let now = Instant::now();
+        let mut tokens = self.tokens.lock().expect("event budget lock");
+        if tokens.len() > 10_000 {
+            // Entries idle long enough to be full again say nothing a new entry would not.
+            let full = EVENT_REFILL.mul_f64(EVENT_BURST);
+            tokens.retain(|_, (_, last)| now.duration_since(*last) < full);
+        }
+        let (left, last) = tokens
+            .entry((job_uid.to_string(), reason.to_string()))
+            .or_insert((EVENT_BURST, now));
+        let refill = now.duration_since(*last).as_secs_f64() / EVENT_REFILL.as_secs_f64();
+        *left = (*left + refill).min(EVENT_BURST);
+        *last = now;
+        if *left >= 1.0 {
+            *left -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Publishes events one at a time, in order, from one task: kube's `Recorder` folds
 /// repeats of a reason into a series, and concurrent publishes of one series lose counts.
 #[derive(Clone)]
 pub struct EventSink {
     tx: mpsc::UnboundedSender<(ObjectReference, JobEvent)>,
+    budget: Arc<EventBudget>,
 }
 
 impl EventSink {
@@ -480,11 +516,18 @@ impl EventSink {
                 }
             }
         };
-        (EventSink { tx }, worker)
+        let sink = EventSink {
+            tx,
+            budget: Arc::default(),
+        };
+        (sink, worker)
     }
 
     pub fn publish(&self, job_ref: &ObjectReference, event: JobEvent) {
-        self.tx.send((job_ref.clone(), event)).ok();
+        let job_uid = job_ref.uid.as_deref().unwrap_or_default();
+        if self.budget.allow(job_uid, &event.reason) {
+            self.tx.send((job_ref.clone(), event)).ok();
+        }
     }
 }
 
@@ -525,4 +568,26 @@ async fn patch_pod(
 pub fn error_backoff(failures: u32) -> Duration {
     let secs = 1u64 << failures.min(6);
     Duration::from_secs(secs.min(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_per_job_and_reason_stop_after_a_burst_of_25() {
+        let budget = EventBudget::default();
+        let allowed = (0..100)
+            .filter(|_| budget.allow("job-a", "SuccessfulCreate"))
+            .count();
+        assert_eq!(allowed, 25);
+        assert!(
+            budget.allow("job-a", "Completed"),
+            "another reason has its own budget"
+        );
+        assert!(
+            budget.allow("job-b", "SuccessfulCreate"),
+            "another Job has its own budget"
+        );
+    }
 }

@@ -1,0 +1,136 @@
+//! jobkeeper-bench: the same Job workloads through the built-in job controller (KCM) and
+//! through jobkeeper on one local control plane, next to a minimal writer that issues only
+//! the calls a Job needs (the ceiling). One cluster per client limit; see bench/README.md.
+#![forbid(unsafe_code)]
+
+mod audit;
+mod ceiling;
+mod cluster;
+mod plots;
+mod procfs;
+mod report;
+mod run;
+mod watch;
+mod workload;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+use crate::workload::Workload;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "jobkeeper-bench",
+    about = "Job controller benchmark: KCM vs jobkeeper vs a minimal writer"
+)]
+pub struct Args {
+    /// Multiplies every workload size (Jobs, completions, parallelism); 0.1 for a quick run.
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Workloads to run, in order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "paced,small,wide,indexed"
+    )]
+    pub workloads: Vec<String>,
+    /// Who syncs the Jobs: kcm, jobkeeper, ceiling.
+    #[arg(long, value_delimiter = ',', default_value = "kcm,jobkeeper,ceiling")]
+    pub sides: Vec<String>,
+    /// Client limits as QPS:BURST, the same for KCM and jobkeeper; one cluster each.
+    #[arg(long, value_delimiter = ',', default_value = "20:30,500:1000")]
+    pub limits: Vec<String>,
+    /// paced: 1-pod Jobs created at --paced-rate per second (latency below saturation).
+    #[arg(long, default_value_t = 100)]
+    pub paced_jobs: u32,
+    #[arg(long, default_value_t = 5.0)]
+    pub paced_rate: f64,
+    /// small: many 1-pod Jobs created at once.
+    #[arg(long, default_value_t = 1000)]
+    pub small_jobs: u32,
+    /// wide: Jobs × parallelism × completions, some pods failing once.
+    #[arg(long, default_value_t = 100)]
+    pub wide_jobs: u32,
+    #[arg(long, default_value_t = 10)]
+    pub wide_parallelism: u32,
+    #[arg(long, default_value_t = 20)]
+    pub wide_completions: u32,
+    #[arg(long, default_value_t = 10.0)]
+    pub wide_fail_percent: f64,
+    /// indexed: one Indexed Job.
+    #[arg(long, default_value_t = 10_000)]
+    pub indexed_completions: u32,
+    #[arg(long, default_value_t = 500)]
+    pub indexed_parallelism: u32,
+    /// Pending → Running delay of every pod (kwok; the ceiling's driver waits the same).
+    #[arg(long, default_value_t = 100)]
+    pub pod_start_ms: u64,
+    /// Running → Succeeded/Failed delay of every pod.
+    #[arg(long, default_value_t = 1000)]
+    pub pod_run_ms: u64,
+    /// kube-controller-manager --controllers.
+    #[arg(
+        long,
+        default_value = "job-controller,garbage-collector-controller,serviceaccount-controller"
+    )]
+    pub kcm_controllers: String,
+    /// Give up on one workload run after this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    pub timeout_s: u64,
+    /// Output folder (default bench/results/<UTC date>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The jobkeeper binary (default: next to this one).
+    #[arg(long)]
+    pub jobkeeper_bin: Option<PathBuf>,
+    /// Only rebuild report and plots from OUT/raw/results.json.
+    #[arg(long)]
+    pub report_only: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error,jobkeeper_bench=info".into()),
+        )
+        .with_target(false)
+        .init();
+    let out = args.out.clone().unwrap_or_else(|| {
+        let date = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d");
+        PathBuf::from(format!("bench/results/{date}"))
+    });
+    let raw = out.join("raw");
+    std::fs::create_dir_all(&raw).with_context(|| format!("creating {}", raw.display()))?;
+    plots::load_font()?;
+
+    let results = if args.report_only {
+        let text = std::fs::read_to_string(raw.join("results.json"))?;
+        serde_json::from_str(&text)?
+    } else {
+        let workloads = args
+            .workloads
+            .iter()
+            .map(|w| Workload::from_args(w, &args))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let results = tokio::select! {
+            r = run::all(&args, &workloads, &raw) => r?,
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; clusters torn down"),
+        };
+        std::fs::write(
+            raw.join("results.json"),
+            serde_json::to_vec_pretty(&results)?,
+        )?;
+        results
+    };
+    let text = report::markdown(&args, &results);
+    std::fs::write(out.join("report.md"), &text)?;
+    plots::draw(&results, &out)?;
+    println!("{}", report::summary(&results));
+    println!("report: {}", out.join("report.md").display());
+    Ok(())
+}
