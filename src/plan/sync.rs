@@ -428,7 +428,9 @@ pub fn plan(s: &Snapshot<'_>) -> Plan {
     let delete_set: HashSet<&str> = to_delete.iter().map(|p| uid(p)).collect();
     plan.delete = to_delete.iter().map(|p| pod_ref(p)).collect();
 
-    if finished.is_none() && !job_deleting {
+    if finished.is_none() {
+        // A Job being deleted only counts what finished, but it still reaches
+        // SuccessCriteriaMet, as upstream's does, once every pod is accounted for.
         let complete = match completions {
             None => succeeded_total > 0 && active == 0,
             Some(c) => succeeded_total >= c && active == 0,
@@ -441,6 +443,8 @@ pub fn plan(s: &Snapshot<'_>) -> Plan {
                 MESSAGE_COMPLETIONS_REACHED,
                 now,
             ));
+        } else if job_deleting {
+            // Neither suspended nor resumed: it only winds down.
         } else if suspended {
             if ensure(
                 &mut conditions,
@@ -475,22 +479,6 @@ pub fn plan(s: &Snapshot<'_>) -> Plan {
             if let Some(seconds) = spec.active_deadline_seconds {
                 plan.requeue_after = Some(Duration::from_secs(seconds.max(0) as u64));
             }
-        }
-    } else if finished.is_none() {
-        // A Job being deleted only counts what finished; an upstream-style SuccessCriteriaMet
-        // is still reached if every pod is accounted for.
-        let complete = match completions {
-            None => succeeded_total > 0 && active == 0,
-            Some(c) => succeeded_total >= c && active == 0,
-        };
-        if complete {
-            finished = Some(new_condition(
-                SUCCESS_CRITERIA_MET,
-                "True",
-                REASON_COMPLETIONS_REACHED,
-                MESSAGE_COMPLETIONS_REACHED,
-                now,
-            ));
         }
     }
 
