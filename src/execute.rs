@@ -235,7 +235,8 @@ impl Executor<'_> {
         delete: &[PodRef],
         job_ref: &ObjectReference,
     ) -> Result<usize, ExecuteError> {
-        let results: Vec<Result<bool, ExecuteError>> = stream::iter(delete.to_vec())
+        // Each result names the pod if this call deleted it (not if it was gone already).
+        let results: Vec<Result<Option<String>, ExecuteError>> = stream::iter(delete.to_vec())
             .map(|pod: PodRef| async move {
                 let holds_finalizer = by_uid
                     .get(pod.uid.as_str())
@@ -244,7 +245,7 @@ impl Executor<'_> {
                 if holds_finalizer {
                     match remove_finalizer(api, &pod.name).await {
                         Ok(()) => self.expectations.finalizer_removed(job_uid, &pod.uid),
-                        Err(e) if is_not_found(&e) => return Ok(false),
+                        Err(e) if is_not_found(&e) => return Ok(None),
                         Err(source) => {
                             return Err(ExecuteError::PatchPod {
                                 pod: pod.name.clone(),
@@ -263,9 +264,9 @@ impl Executor<'_> {
                 match api.delete(&pod.name, &params).await {
                     Ok(_) => {
                         self.expectations.deleted(job_uid, &pod.uid);
-                        Ok(true)
+                        Ok(Some(pod.name))
                     }
-                    Err(e) if is_not_found(&e) || code_of(&e) == Some(409) => Ok(false),
+                    Err(e) if is_not_found(&e) || code_of(&e) == Some(409) => Ok(None),
                     Err(source) => Err(ExecuteError::Delete {
                         pod: pod.name.clone(),
                         source,
@@ -277,18 +278,14 @@ impl Executor<'_> {
             .await;
         let mut deleted = 0;
         for result in results {
-            if result? {
+            if let Some(name) = result? {
                 deleted += 1;
-            }
-        }
-        if deleted > 0 {
-            for pod in delete.iter().take(deleted) {
                 self.publish(
                     job_ref,
                     JobEvent {
                         type_: EventType::Normal,
                         reason: "SuccessfulDelete".into(),
-                        message: format!("Deleted pod: {}", pod.name),
+                        message: format!("Deleted pod: {name}"),
                     },
                 );
             }
