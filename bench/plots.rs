@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context as _;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
@@ -77,25 +78,55 @@ pub fn draw(results: &[RunResult], out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One PNG, a title across the top and one panel per workload; `panel` draws each.
+fn panels(
+    path: &Path,
+    title: &str,
+    workloads: &[&str],
+    mut panel: impl FnMut(&DrawingArea<BitMapBackend<'_>, Shift>, &str) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let width = 520 * workloads.len().max(1) as u32;
+    let root = BitMapBackend::new(path, (width, 440)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (title_area, body) = root.split_vertically(40);
+    title_area.titled(title, ("sans-serif", 22))?;
+    for (area, w) in body
+        .split_evenly((1, workloads.len().max(1)))
+        .iter()
+        .zip(workloads)
+    {
+        panel(area, w)?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// The legend's sample line for a side.
+fn legend_mark(c: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+}
+
+fn draw_legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()?;
+    Ok(())
+}
+
 fn latency_cdf(
     results: &[RunResult],
     limit: &str,
     workloads: &[&str],
     path: &Path,
 ) -> anyhow::Result<()> {
-    let width = 520 * workloads.len().max(1) as u32;
-    let root = BitMapBackend::new(path, (width, 440)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (title, body) = root.split_vertically(40);
-    title.titled(
-        &format!("Pod done → Job status counts it, CDF (client limit {limit})"),
-        ("sans-serif", 22),
-    )?;
-    for (area, w) in body
-        .split_evenly((1, workloads.len().max(1)))
-        .iter()
-        .zip(workloads)
-    {
+    let title = format!("Pod done → Job status counts it, CDF (client limit {limit})");
+    panels(path, &title, workloads, |area, w| {
         let series: Vec<(&str, Vec<f64>)> = ["kcm", "jobkeeper"]
             .iter()
             .filter_map(|side| {
@@ -111,7 +142,7 @@ fn latency_cdf(
             .fold(10.0, f64::max)
             * 1.2;
         let mut chart = ChartBuilder::on(area)
-            .caption(*w, ("sans-serif", 18))
+            .caption(w, ("sans-serif", 18))
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(50)
@@ -135,20 +166,10 @@ fn latency_cdf(
             chart
                 .draw_series(LineSeries::new(points, c.stroke_width(2)))?
                 .label(name(side))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
+                .legend(legend_mark(c));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 14))
-            .draw()?;
-    }
-    root.present()?;
-    Ok(())
+        draw_legend(&mut chart)
+    })
 }
 
 fn completions(
@@ -157,19 +178,8 @@ fn completions(
     workloads: &[&str],
     path: &Path,
 ) -> anyhow::Result<()> {
-    let width = 520 * workloads.len().max(1) as u32;
-    let root = BitMapBackend::new(path, (width, 440)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (title, body) = root.split_vertically(40);
-    title.titled(
-        &format!("Pods counted as succeeded over time (client limit {limit})"),
-        ("sans-serif", 22),
-    )?;
-    for (area, w) in body
-        .split_evenly((1, workloads.len().max(1)))
-        .iter()
-        .zip(workloads)
-    {
+    let title = format!("Pods counted as succeeded over time (client limit {limit})");
+    panels(path, &title, workloads, |area, w| {
         let runs: Vec<&RunResult> = ["kcm", "jobkeeper", "ceiling"]
             .iter()
             .filter_map(|side| find(results, limit, w, side))
@@ -181,7 +191,7 @@ fn completions(
             .fold(1.0, f64::max)
             * 1.05;
         let mut chart = ChartBuilder::on(area)
-            .caption(*w, ("sans-serif", 18))
+            .caption(w, ("sans-serif", 18))
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(60)
@@ -207,18 +217,8 @@ fn completions(
             chart
                 .draw_series(LineSeries::new(points, c.stroke_width(2)))?
                 .label(name(&r.side))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
+                .legend(legend_mark(c));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 14))
-            .draw()?;
-    }
-    root.present()?;
-    Ok(())
+        draw_legend(&mut chart)
+    })
 }
