@@ -26,6 +26,7 @@ use crate::execute::{self, EventSink, ExecuteError, Executor, Step};
 use crate::expectations::Expectations;
 use crate::metrics::SharedMetrics;
 use crate::plan::{self, BackoffRecord, Snapshot};
+use crate::pod_index::PodIndex;
 
 /// The label the apiserver puts on every Job's pods; our pod watch selects on it.
 pub const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
@@ -110,6 +111,7 @@ pub struct Context {
     pub client: Client,
     pub jobs: Store<Job>,
     pub pods: Store<Pod>,
+    pub pod_index: PodIndex,
     pub expectations: Expectations,
     pub backoff: Mutex<HashMap<String, BackoffRecord>>,
     pub errors: Mutex<HashMap<String, u32>>,
@@ -136,32 +138,23 @@ pub fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
 
 /// Pods whose controller ownerReference is `job`, and orphans in its namespace that its
 /// selector matches.
-pub fn pods_of(pods: &Store<Pod>, job: &Job) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
+pub fn pods_of(pods: &Store<Pod>, index: &PodIndex, job: &Job) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
     let uid = job.metadata.uid.as_deref().unwrap_or_default();
-    let ns = job.metadata.namespace.as_deref();
+    let ns = job.metadata.namespace.as_deref().unwrap_or_default();
     let selector: Option<Selector> = job
         .spec
         .as_ref()
         .and_then(|s| s.selector.clone())
         .and_then(|s| Selector::try_from(s).ok());
-    let mut owned = Vec::new();
-    let mut orphans = Vec::new();
-    for pod in pods.state() {
-        if pod.metadata.namespace.as_deref() != ns {
-            continue;
-        }
-        match controller_of(&pod) {
-            Some(owner) if owner.uid == uid => owned.push(pod),
-            Some(_) => {}
-            None => {
-                if pod.metadata.deletion_timestamp.is_none()
-                    && selector.as_ref().is_some_and(|s| s.matches(pod.labels()))
-                {
-                    orphans.push(pod);
-                }
-            }
-        }
-    }
+    let owned = index.controlled_by(pods, uid);
+    let orphans = index
+        .orphans_in(pods, ns)
+        .into_iter()
+        .filter(|pod| {
+            pod.metadata.deletion_timestamp.is_none()
+                && selector.as_ref().is_some_and(|s| s.matches(pod.labels()))
+        })
+        .collect();
     (owned, orphans)
 }
 
@@ -198,7 +191,7 @@ async fn sync(job: Arc<Job>, ctx: &Context) -> Result<Action, SyncError> {
             Some(j) if j.uid() == job.uid() => j,
             _ => return Ok(Action::await_change()),
         };
-        let (owned, orphans) = pods_of(&ctx.pods, &cached);
+        let (owned, orphans) = pods_of(&ctx.pods, &ctx.pod_index, &cached);
         let view = ctx.expectations.view(cached, owned, &orphans);
         let uid = view.job.uid().unwrap_or_default();
         let backoff = ctx
@@ -332,6 +325,7 @@ fn jobs_for_pod(jobs: &Store<Job>, pod: &Pod) -> Vec<ObjectRef<Job>> {
 async fn release_pods_of_deleted_jobs(
     client: Client,
     pods: Store<Pod>,
+    index: PodIndex,
     expectations: Expectations,
     mut deleted: mpsc::UnboundedReceiver<Arc<Job>>,
 ) {
@@ -339,7 +333,7 @@ async fn release_pods_of_deleted_jobs(
         let uid = job.uid().unwrap_or_default();
         let ns = job.namespace().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let (owned, _) = pods_of(&pods, &job);
+        let owned = index.controlled_by(&pods, &uid);
         let holding: Vec<_> = owned
             .iter()
             .filter(|p| execute::has_tracking_finalizer(p))
@@ -534,6 +528,7 @@ pub fn controller(
                 managed_jobs.set(jobs.len() as i64);
             }
         });
+    let pod_index = PodIndex::default();
     let (left_tx, left_rx) = mpsc::unbounded_channel();
     let pod_events = watcher(
         pods_api,
@@ -562,6 +557,14 @@ pub fn controller(
     })
     .modify(slim_pod)
     .reflect(pod_writer)
+    .inspect({
+        let index = pod_index.clone();
+        move |event| {
+            if let Ok(event) = event {
+                index.apply(event);
+            }
+        }
+    })
     .touched_objects();
 
     let recorder = Recorder::new(
@@ -578,6 +581,7 @@ pub fn controller(
         client: client.clone(),
         jobs: job_store.clone(),
         pods: pod_store.clone(),
+        pod_index: pod_index.clone(),
         expectations: expectations.clone(),
         backoff: Mutex::default(),
         errors: Mutex::default(),
@@ -588,7 +592,13 @@ pub fn controller(
     });
     let jobs_for_mapper = job_store.clone();
     let release = release_pods_that_left_the_selector(client.clone(), job_store.clone(), left_rx);
-    let cleanup = release_pods_of_deleted_jobs(client, pod_store.clone(), expectations, deleted_rx);
+    let cleanup = release_pods_of_deleted_jobs(
+        client,
+        pod_store.clone(),
+        pod_index,
+        expectations,
+        deleted_rx,
+    );
     let jobs_gauge = job_store.clone();
     let run = Controller::for_stream(job_events, job_store)
         .watches_stream(pod_events, {
