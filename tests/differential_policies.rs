@@ -405,8 +405,9 @@ async fn pod_replacement_policy_terminating_or_failed_replaces_at_once() {
         release_holds(&env, name).await;
     }
     twins
-        .assert_same_when("terminating=0", |s| {
-            s.terminating == Some(0) && s.active == Some(1)
+        // The replacement runs on kwok and turns ready on its own clock: compare once it has.
+        .assert_same_when("terminating=0, the replacement ready", |s| {
+            s.terminating == Some(0) && s.active == Some(1) && s.ready == Some(1)
         })
         .await;
     let new = twins.active(1).await;
