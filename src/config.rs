@@ -73,6 +73,15 @@ pub struct RunArgs {
     /// Requests allowed in a burst above the QPS.
     #[arg(long, env = "JOBKEEPER_KUBE_API_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub kube_api_burst: u32,
+    /// Least time between two status writes of one Job that only move its counters (pods
+    /// finished or counted): the first after a quiet spell goes at once, the rest of a burst
+    /// is batched. startTime, conditions and completionTime are always written at once.
+    #[arg(long, env = "JOBKEEPER_STATUS_BATCH_PERIOD", default_value = "200ms", value_parser = parse_delay)]
+    pub status_batch_period: Duration,
+    /// How long a change of only active, ready or terminating may wait for the next write
+    /// (the built-in controller batches every pod event for 1 s).
+    #[arg(long, env = "JOBKEEPER_STATUS_GAUGE_DELAY", default_value = "1s", value_parser = parse_delay)]
+    pub status_gauge_delay: Duration,
     /// Address for /metrics.
     #[arg(long, env = "JOBKEEPER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
@@ -188,6 +197,14 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// A duration that may be zero ("0" or "0s" turns the wait off).
+pub fn parse_delay(value: &str) -> Result<Duration, String> {
+    if value.trim_end_matches(['m', 's']).parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(value)
+}
+
 fn parse_job_ref(value: &str) -> Result<(String, String), String> {
     match value.split_once('/') {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
@@ -225,6 +242,11 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("15").is_err());
         assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_delay("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_delay("0ms"), Ok(Duration::ZERO));
+        assert_eq!(parse_delay("200ms"), Ok(Duration::from_millis(200)));
+        assert!(parse_delay("-1s").is_err());
+        assert!(parse_delay("soon").is_err());
     }
 
     #[test]
@@ -238,6 +260,8 @@ mod tests {
         assert_eq!(run.namespaces, ["a", "b", "c"]);
         assert_eq!(run.managed_by, DEFAULT_MANAGER);
         assert!(!run.leader.leader_elect);
+        assert_eq!(run.status_batch_period, Duration::from_millis(200));
+        assert_eq!(run.status_gauge_delay, Duration::from_secs(1));
         assert!(Cli::try_parse_from(["jobkeeper", "run", "--concurrency", "0"]).is_err());
         assert!(Cli::try_parse_from(["jobkeeper", "run", "--kube-api-qps", "-1"]).is_err());
         let cli = Cli::try_parse_from(["jobkeeper", "explain", "ns/job"]).unwrap();

@@ -276,21 +276,20 @@ impl Executor<'_> {
             .buffer_unordered(POD_WRITE_PARALLELISM)
             .collect()
             .await;
-        let mut deleted = 0;
+        let mut names = Vec::new();
+        let mut failure = None;
         for result in results {
-            if let Some(name) = result? {
-                deleted += 1;
-                self.publish(
-                    job_ref,
-                    JobEvent {
-                        type_: EventType::Normal,
-                        reason: "SuccessfulDelete".into(),
-                        message: format!("Deleted pod: {name}"),
-                    },
-                );
+            match result {
+                Ok(Some(name)) => names.push(name),
+                Ok(None) => {}
+                Err(e) => failure = Some(e),
             }
         }
-        Ok(deleted)
+        self.publish_pods(job_ref, "SuccessfulDelete", "Deleted", &names);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(names.len()),
+        }
     }
 
     /// Creates pods in slow-start batches of 1, 2, 4, …, as upstream does, so a Job whose
@@ -302,7 +301,7 @@ impl Executor<'_> {
         create: &[Pod],
         job_ref: &ObjectReference,
     ) -> Result<usize, ExecuteError> {
-        let mut created = 0;
+        let mut names = Vec::new();
         let mut batch = 1;
         let mut rest = create;
         while !rest.is_empty() {
@@ -319,21 +318,14 @@ impl Executor<'_> {
                 match result {
                     Ok(mut pod) => {
                         pod.managed_fields_mut().clear();
-                        self.publish(
-                            job_ref,
-                            JobEvent {
-                                type_: EventType::Normal,
-                                reason: "SuccessfulCreate".into(),
-                                message: format!("Created pod: {}", pod.name_any()),
-                            },
-                        );
+                        names.push(pod.name_any());
                         self.expectations.created(job_uid, pod);
-                        created += 1;
                     }
                     Err(e) => failure = Some(e),
                 }
             }
             if let Some(e) = failure {
+                self.publish_pods(job_ref, "SuccessfulCreate", "Created", &names);
                 let message = match &e {
                     kube::Error::Api(status) => status.message.clone(),
                     other => other.to_string(),
@@ -349,7 +341,8 @@ impl Executor<'_> {
                 return Err(ExecuteError::Create(e));
             }
         }
-        Ok(created)
+        self.publish_pods(job_ref, "SuccessfulCreate", "Created", &names);
+        Ok(names.len())
     }
 
     /// Adopts orphans and releases pods that stopped matching. Adoption re-reads the Job
@@ -447,6 +440,21 @@ impl Executor<'_> {
     fn publish(&self, job_ref: &ObjectReference, event: JobEvent) {
         self.events.publish(job_ref, event);
     }
+
+    /// One event for the pods one call created or deleted (upstream publishes one per
+    /// pod; a burst of them costs a request each and says nothing more).
+    fn publish_pods(&self, job_ref: &ObjectReference, reason: &str, verb: &str, names: &[String]) {
+        if let Some(message) = pods_message(verb, names) {
+            self.publish(
+                job_ref,
+                JobEvent {
+                    type_: EventType::Normal,
+                    reason: reason.into(),
+                    message,
+                },
+            );
+        }
+    }
 }
 
 /// Upstream's event spam filter (client-go's `EventSourceObjectSpamFilter`): per Job and
@@ -528,6 +536,27 @@ impl EventSink {
     }
 }
 
+/// Names listed in one event at most; events.k8s.io notes are limited to 1 kB.
+const NAMES_PER_EVENT: usize = 10;
+
+/// "Created pod: a", "Created 3 pods: a, b, c", "Created 40 pods: a, …, j and 30 more".
+fn pods_message(verb: &str, names: &[String]) -> Option<String> {
+    match names {
+        [] => None,
+        [one] => Some(format!("{verb} pod: {one}")),
+        many => {
+            let listed = many[..many.len().min(NAMES_PER_EVENT)].join(", ");
+            let more = many.len().saturating_sub(NAMES_PER_EVENT);
+            let tail = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            Some(format!("{verb} {} pods: {listed}{tail}", many.len()))
+        }
+    }
+}
+
 pub fn has_tracking_finalizer(pod: &Pod) -> bool {
     pod.finalizers().iter().any(|f| f == TRACKING_FINALIZER)
 }
@@ -570,6 +599,24 @@ pub fn error_backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_event_names_the_pods_of_a_call() {
+        let names: Vec<String> = (0..12).map(|i| format!("p{i}")).collect();
+        assert_eq!(pods_message("Created", &[]), None);
+        assert_eq!(
+            pods_message("Created", &names[..1]).as_deref(),
+            Some("Created pod: p0")
+        );
+        assert_eq!(
+            pods_message("Deleted", &names[..3]).as_deref(),
+            Some("Deleted 3 pods: p0, p1, p2")
+        );
+        assert_eq!(
+            pods_message("Created", &names).as_deref(),
+            Some("Created 12 pods: p0, p1, p2, p3, p4, p5, p6, p7, p8, p9 and 2 more")
+        );
+    }
 
     #[test]
     fn events_per_job_and_reason_stop_after_a_burst_of_25() {

@@ -12,4 +12,5 @@ pub mod plan;
 pub mod pod_index;
 pub mod runtime;
 pub mod server;
+pub mod status_batch;
 pub mod telemetry;

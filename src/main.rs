@@ -84,6 +84,8 @@ async fn run(config: kube::Config, args: RunArgs) -> anyhow::Result<()> {
         },
         concurrency: args.concurrency,
         reporter_instance: identity.clone(),
+        status_batch_period: args.status_batch_period,
+        status_gauge_delay: args.status_gauge_delay,
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -78,6 +78,7 @@ pub struct Metrics {
     pub api_requests: Family<RequestLabels, Counter>,
     pub api_request_duration: Family<RequestLatencyLabels, Histogram, Buckets>,
     pub queue_depth: Gauge,
+    pub status_writes_held: Counter,
     pub leader: Gauge,
     pub managed_jobs: Gauge,
 }
@@ -102,6 +103,7 @@ impl Metrics {
             api_requests: Family::default(),
             api_request_duration: Family::new_with_constructor(Buckets(seconds_buckets)),
             queue_depth: Gauge::default(),
+            status_writes_held: Counter::default(),
             leader: Gauge::default(),
             managed_jobs: Gauge::default(),
             registry: Registry::default(),
@@ -151,6 +153,11 @@ impl Metrics {
             "queue_depth",
             "Jobs waiting for or in a sync",
             m.queue_depth.clone(),
+        );
+        registry.register(
+            "job_status_writes_held",
+            "Counter-only status writes held back to batch them with the next (see --status-batch-period)",
+            m.status_writes_held.clone(),
         );
         registry.register(
             "leader",

@@ -27,6 +27,7 @@ use crate::expectations::Expectations;
 use crate::metrics::SharedMetrics;
 use crate::plan::{self, BackoffRecord, Snapshot};
 use crate::pod_index::PodIndex;
+use crate::status_batch::{self, StatusBatcher};
 
 /// The label the apiserver puts on every Job's pods; our pod watch selects on it.
 pub const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
@@ -119,6 +120,7 @@ pub struct Context {
     pub metrics: SharedMetrics,
     pub caches: Caches,
     pub pending: Pending,
+    pub batcher: Arc<StatusBatcher>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +211,8 @@ async fn sync(job: Arc<Job>, ctx: &Context) -> Result<Action, SyncError> {
             backoff: &backoff,
             now: Timestamp::now(),
         };
-        let plan = plan::plan(&snapshot);
+        let mut plan = plan::plan(&snapshot);
+        let held = hold_counter_only_status(ctx, &view.job, &uid, &mut plan);
         let keep_backoff = |ctx: &Context, record: BackoffRecord| {
             ctx.backoff
                 .lock()
@@ -220,7 +223,8 @@ async fn sync(job: Arc<Job>, ctx: &Context) -> Result<Action, SyncError> {
         // The backoff record counts failures the status records: keep it only once that
         // status is written, or a retried sync would count the same failures again.
         let backoff_after_write = plan.status.is_some().then(|| plan.backoff.clone());
-        if plan.status.is_none() {
+        // A held status still counts these failures: its backoff record waits with it.
+        if plan.status.is_none() && !held {
             keep_backoff(ctx, plan.backoff.clone());
         }
         if plan.is_noop() {
@@ -232,7 +236,16 @@ async fn sync(job: Arc<Job>, ctx: &Context) -> Result<Action, SyncError> {
             events: &ctx.events,
             metrics: &ctx.metrics,
         };
+        let writes_status = plan.status.is_some();
+        let finishes = plan.outcome.finished.is_some();
         let step = executor.apply(&view.job, &view.pods, plan).await?;
+        if let (Step::Settled | Step::Again, true) = (&step, writes_status) {
+            if finishes {
+                ctx.batcher.forget(&uid);
+            } else {
+                ctx.batcher.written(&uid, Instant::now());
+            }
+        }
         if let (Step::Settled | Step::Again, Some(record)) = (&step, backoff_after_write) {
             keep_backoff(ctx, record);
         }
@@ -248,6 +261,29 @@ async fn sync(job: Arc<Job>, ctx: &Context) -> Result<Action, SyncError> {
     }
     // Still moving: come back soon, after other Jobs had their turn.
     Ok(Action::requeue(Duration::from_millis(50)))
+}
+
+/// Holds back a status write that only moves counters (see [`status_batch`]): the status
+/// and the finalizer removals that depend on it wait, pod creates and deletes go ahead,
+/// and the Job is planned again when the write is due. True when the write was held.
+fn hold_counter_only_status(ctx: &Context, job: &Job, uid: &str, plan: &mut plan::Plan) -> bool {
+    let Some(next) = plan.status.as_ref() else {
+        return false;
+    };
+    if !plan.events.is_empty() || plan.outcome.finished.is_some() {
+        return false;
+    }
+    let urgency = status_batch::urgency(job.status.as_ref(), next);
+    let Some(wait) = ctx.batcher.hold(uid, urgency, Instant::now()) else {
+        return false;
+    };
+    plan.status = None;
+    plan.remove_finalizers.clear();
+    plan.outcome.pods_finished.clear();
+    plan.outcome.failure_policy_actions.clear();
+    plan.requeue_after = Some(plan.requeue_after.map_or(wait, |r| r.min(wait)));
+    ctx.metrics.status_writes_held.inc();
+    true
 }
 
 fn action_for(requeue: Option<Duration>) -> Action {
@@ -323,17 +359,14 @@ fn jobs_for_pod(jobs: &Store<Job>, pod: &Pod) -> Vec<ObjectRef<Job>> {
 /// Removes the tracking finalizer from the pods of our deleted Jobs: nothing else will
 /// count them any more, and the finalizer would keep them forever.
 async fn release_pods_of_deleted_jobs(
-    client: Client,
-    pods: Store<Pod>,
-    index: PodIndex,
-    expectations: Expectations,
+    ctx: Arc<Context>,
     mut deleted: mpsc::UnboundedReceiver<Arc<Job>>,
 ) {
     while let Some(job) = deleted.recv().await {
         let uid = job.uid().unwrap_or_default();
         let ns = job.namespace().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let owned = index.controlled_by(&pods, &uid);
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        let owned = ctx.pod_index.controlled_by(&ctx.pods, &uid);
         let holding: Vec<_> = owned
             .iter()
             .filter(|p| execute::has_tracking_finalizer(p))
@@ -350,7 +383,10 @@ async fn release_pods_of_deleted_jobs(
             info!(job = %format!("{ns}/{}", job.name_any()), pods = holding.len(),
                 "Job deleted; removed tracking finalizers from its pods");
         }
-        expectations.forget(&uid);
+        ctx.expectations.forget(&uid);
+        ctx.batcher.forget(&uid);
+        ctx.backoff.lock().expect("backoff lock").remove(&uid);
+        ctx.errors.lock().expect("errors lock").remove(&uid);
     }
 }
 
@@ -438,6 +474,10 @@ pub struct RuntimeConfig {
     pub ownership: Ownership,
     pub concurrency: u16,
     pub reporter_instance: String,
+    /// Least time between two counter-only status writes of one Job.
+    pub status_batch_period: Duration,
+    /// How long a change of only active/ready/terminating may wait.
+    pub status_gauge_delay: Duration,
 }
 
 /// Whether the controller's caches have synced, for readiness and for syncs that must
@@ -589,16 +629,14 @@ pub fn controller(
         metrics: metrics.clone(),
         caches: caches.clone(),
         pending: pending.clone(),
+        batcher: Arc::new(StatusBatcher::new(
+            config.status_batch_period,
+            config.status_gauge_delay,
+        )),
     });
     let jobs_for_mapper = job_store.clone();
     let release = release_pods_that_left_the_selector(client.clone(), job_store.clone(), left_rx);
-    let cleanup = release_pods_of_deleted_jobs(
-        client,
-        pod_store.clone(),
-        pod_index,
-        expectations,
-        deleted_rx,
-    );
+    let cleanup = release_pods_of_deleted_jobs(ctx.clone(), deleted_rx);
     let jobs_gauge = job_store.clone();
     let run = Controller::for_stream(job_events, job_store)
         .watches_stream(pod_events, {

@@ -195,9 +195,11 @@ async fn job_runs_to_completion_on_kwok_nodes_with_exact_status() {
     let pods = env.pods_of("run").await;
     assert_eq!(pods.len(), 4, "exactly one pod per completion");
     assert!(pods.iter().all(|p| !holds_finalizer(p)));
-    // Events, with upstream's reasons.
+    // Events, with upstream's reasons: one SuccessfulCreate per create call, naming the
+    // pods it created. Repeats of a reason on one Job form a series (events.k8s.io) that
+    // keeps the first note and counts the calls.
     let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns);
-    let created = wait_for(
+    let (calls, first_note) = wait_for(
         "Completed and SuccessfulCreate events",
         Duration::from_secs(10),
         || async {
@@ -206,18 +208,30 @@ async fn job_runs_to_completion_on_kwok_nodes_with_exact_status() {
                 .items
                 .iter()
                 .any(|e| e.reason.as_deref() == Some("Completed"));
-            // Repeats of one reason on one Job form a series (events.k8s.io): count them.
-            let created: i32 = list
+            let creates: Vec<&Event> = list
                 .items
                 .iter()
                 .filter(|e| e.reason.as_deref() == Some("SuccessfulCreate"))
+                .collect();
+            let calls: i32 = creates
+                .iter()
                 .map(|e| e.series.as_ref().map_or(1, |s| s.count))
                 .sum();
-            (completed && created == 4).then_some(created)
+            (completed && creates.len() == 1).then(|| (calls, creates[0].note.clone()))
         },
     )
     .await;
-    assert_eq!(created, 4);
+    // The first sync creates both pods of parallelism 2; each replacement is one call.
+    assert!((2..=3).contains(&calls), "{calls} create calls");
+    let first_note = first_note.unwrap_or_default();
+    let names = first_note
+        .strip_prefix("Created 2 pods: ")
+        .unwrap_or_else(|| panic!("first SuccessfulCreate note: {first_note:?}"));
+    let pod_names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+    assert!(
+        names.split(", ").all(|n| pod_names.iter().any(|p| p == n)),
+        "{names} are not all pods of the Job ({pod_names:?})"
+    );
     env.assert_no_rejected_status().await;
 }
 
@@ -568,4 +582,23 @@ async fn many_pods_complete_with_exact_counts_and_no_double_creates() {
     // Exactly one pod per completion: a stale cache never made a pod twice.
     assert_eq!(env.pods_of("many").await.len(), 40);
     env.assert_no_rejected_status().await;
+    // Pods finishing in bursts are counted in batched writes: one write per pod (let
+    // alone the two the tracking finalizer needs) would be 40 or more.
+    let controller = env.controller.as_ref().expect("controller");
+    let writes = controller
+        .counter(
+            "jobkeeper_kube_api_requests_total",
+            &[("resource", "jobs/status"), ("code", "200")],
+        )
+        .await;
+    assert!(
+        (3.0..40.0).contains(&writes),
+        "{writes} status writes for 40 pods"
+    );
+    assert!(
+        controller
+            .counter("jobkeeper_job_status_writes_held_total", &[])
+            .await
+            > 0.0
+    );
 }

@@ -664,12 +664,7 @@ pub fn plan(s: &Snapshot<'_>) -> Plan {
 
     remove.sort();
     remove.dedup();
-    if !remove.is_empty() {
-        plan.decisions.push(format!(
-            "removing the tracking finalizer from {}",
-            pods_word(remove.len(), "pod")
-        ));
-    }
+    // Not a decision of its own: the executor logs how many finalizers it removed.
     plan.remove_finalizers = remove;
 
     if let Some((type_, reason, message)) = &finished_now {

@@ -1,0 +1,240 @@
+//! When to write a Job's status. A change a user waits for (startTime, a condition,
+//! completionTime) goes out at once. A change of counters only is batched per Job: when
+//! pods of one Job finish in a burst, one write records them all instead of one write per
+//! pod. The built-in controller batches every pod event for 1 s; we keep the first write
+//! after a quiet spell immediate, so an isolated pod is still counted within milliseconds.
+//!
+//! Holding a write back is always safe: nothing is lost while a pod keeps its tracking
+//! finalizer, and the finalizers of a held write stay on until the write is made.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::JobStatus;
+
+/// How urgent a status change is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// startTime, completionTime or a condition changes: write now.
+    Now,
+    /// Pods finished or were counted (succeeded, failed, the uncounted lists, the index
+    /// lists): write now after a quiet spell, else at most once per batch period.
+    Counters,
+    /// Only active, ready or terminating move: these wait for the gauge delay too.
+    Gauges,
+}
+
+/// Classifies the change from `current` to `next`.
+pub fn urgency(current: Option<&JobStatus>, next: &JobStatus) -> Urgency {
+    let empty = JobStatus::default();
+    let current = current.unwrap_or(&empty);
+    if current.start_time != next.start_time
+        || current.completion_time != next.completion_time
+        || current.conditions.as_deref().unwrap_or_default()
+            != next.conditions.as_deref().unwrap_or_default()
+    {
+        return Urgency::Now;
+    }
+    let gauges_only = JobStatus {
+        active: current.active,
+        ready: current.ready,
+        terminating: current.terminating,
+        ..next.clone()
+    };
+    if counters_equal(current, &gauges_only) {
+        Urgency::Gauges
+    } else {
+        Urgency::Counters
+    }
+}
+
+fn counters_equal(a: &JobStatus, b: &JobStatus) -> bool {
+    let n = |v: Option<i32>| v.unwrap_or(0);
+    let uncounted = |s: &JobStatus| {
+        let u = s.uncounted_terminated_pods.clone().unwrap_or_default();
+        (
+            u.succeeded.unwrap_or_default(),
+            u.failed.unwrap_or_default(),
+        )
+    };
+    n(a.succeeded) == n(b.succeeded)
+        && n(a.failed) == n(b.failed)
+        && a.completed_indexes.as_deref().unwrap_or_default()
+            == b.completed_indexes.as_deref().unwrap_or_default()
+        && a.failed_indexes == b.failed_indexes
+        && uncounted(a) == uncounted(b)
+}
+
+/// Per-Job write times. `hold` says how long a write should wait; `written` records one.
+pub struct StatusBatcher {
+    /// Least time between two counter-only writes of one Job.
+    period: Duration,
+    /// Least time a gauge-only change waits from when it was first seen.
+    gauge_delay: Duration,
+    jobs: Mutex<HashMap<String, Writes>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Writes {
+    last: Option<Instant>,
+    gauges_seen: Option<Instant>,
+}
+
+impl StatusBatcher {
+    pub fn new(period: Duration, gauge_delay: Duration) -> Self {
+        StatusBatcher {
+            period,
+            gauge_delay,
+            jobs: Mutex::default(),
+        }
+    }
+
+    /// None: write now. Some(wait): hold the write back and plan again after `wait`.
+    pub fn hold(&self, job_uid: &str, urgency: Urgency, now: Instant) -> Option<Duration> {
+        if urgency == Urgency::Now {
+            return None;
+        }
+        let mut jobs = self.jobs.lock().expect("status batcher lock");
+        let writes = jobs.entry(job_uid.to_string()).or_default();
+        let mut due = writes.last.map_or(now, |last| last + self.period);
+        if urgency == Urgency::Gauges {
+            let seen = *writes.gauges_seen.get_or_insert(now);
+            due = due.max(seen + self.gauge_delay);
+        }
+        (due > now).then(|| due - now)
+    }
+
+    /// A status write of this Job succeeded at `now`.
+    pub fn written(&self, job_uid: &str, now: Instant) {
+        let mut jobs = self.jobs.lock().expect("status batcher lock");
+        jobs.insert(
+            job_uid.to_string(),
+            Writes {
+                last: Some(now),
+                gauges_seen: None,
+            },
+        );
+    }
+
+    /// The Job is finished or gone.
+    pub fn forget(&self, job_uid: &str) {
+        self.jobs
+            .lock()
+            .expect("status batcher lock")
+            .remove(job_uid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::batch::v1::{JobCondition, UncountedTerminatedPods};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+
+    fn running(active: i32, ready: i32) -> JobStatus {
+        JobStatus {
+            start_time: Some(Time(Timestamp::UNIX_EPOCH)),
+            active: Some(active),
+            ready: Some(ready),
+            terminating: Some(0),
+            succeeded: Some(0),
+            failed: Some(0),
+            uncounted_terminated_pods: Some(UncountedTerminatedPods::default()),
+            ..JobStatus::default()
+        }
+    }
+
+    #[test]
+    fn start_conditions_and_completion_are_written_at_once() {
+        assert_eq!(urgency(None, &running(1, 0)), Urgency::Now);
+        let mut done = running(0, 0);
+        done.conditions = Some(vec![JobCondition {
+            type_: "Complete".into(),
+            status: "True".into(),
+            ..JobCondition::default()
+        }]);
+        assert_eq!(urgency(Some(&running(0, 0)), &done), Urgency::Now);
+        let mut finished = running(0, 0);
+        finished.completion_time = Some(Time(Timestamp::UNIX_EPOCH));
+        assert_eq!(urgency(Some(&running(0, 0)), &finished), Urgency::Now);
+    }
+
+    #[test]
+    fn finished_pods_are_counters_and_ready_alone_is_a_gauge() {
+        let before = running(2, 1);
+        assert_eq!(urgency(Some(&before), &running(2, 2)), Urgency::Gauges);
+        assert_eq!(urgency(Some(&before), &running(3, 0)), Urgency::Gauges);
+        let mut one_done = running(1, 1);
+        one_done.uncounted_terminated_pods = Some(UncountedTerminatedPods {
+            succeeded: Some(vec!["uid-1".into()]),
+            failed: None,
+        });
+        assert_eq!(urgency(Some(&before), &one_done), Urgency::Counters);
+        let mut counted = running(1, 1);
+        counted.succeeded = Some(1);
+        assert_eq!(urgency(Some(&one_done), &counted), Urgency::Counters);
+        let mut index = running(2, 1);
+        index.completed_indexes = Some("0".into());
+        assert_eq!(urgency(Some(&before), &index), Urgency::Counters);
+    }
+
+    #[test]
+    fn counters_wait_for_the_period_after_a_write_and_not_after_a_quiet_spell() {
+        let period = Duration::from_millis(200);
+        let batcher = StatusBatcher::new(period, Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert_eq!(batcher.hold("a", Urgency::Counters, t0), None);
+        batcher.written("a", t0);
+        let t1 = t0 + Duration::from_millis(50);
+        assert_eq!(
+            batcher.hold("a", Urgency::Counters, t1),
+            Some(Duration::from_millis(150))
+        );
+        assert_eq!(batcher.hold("a", Urgency::Now, t1), None);
+        assert_eq!(batcher.hold("a", Urgency::Counters, t0 + period), None);
+        // Another Job is not held by this one's writes.
+        assert_eq!(batcher.hold("b", Urgency::Counters, t1), None);
+    }
+
+    #[test]
+    fn gauges_wait_from_when_they_were_first_seen_until_a_write() {
+        let batcher = StatusBatcher::new(Duration::from_millis(200), Duration::from_secs(1));
+        let t0 = Instant::now();
+        batcher.written("a", t0);
+        let seen = t0 + Duration::from_millis(100);
+        assert_eq!(
+            batcher.hold("a", Urgency::Gauges, seen),
+            Some(Duration::from_secs(1))
+        );
+        // Seen again later: still due one gauge delay after the first sighting.
+        assert_eq!(
+            batcher.hold("a", Urgency::Gauges, seen + Duration::from_millis(600)),
+            Some(Duration::from_millis(400))
+        );
+        assert_eq!(
+            batcher.hold("a", Urgency::Gauges, seen + Duration::from_secs(1)),
+            None
+        );
+        // A write starts the wait afresh.
+        batcher.written("a", seen + Duration::from_secs(1));
+        let later = seen + Duration::from_secs(5);
+        assert_eq!(
+            batcher.hold("a", Urgency::Gauges, later),
+            Some(Duration::from_secs(1))
+        );
+        batcher.forget("a");
+        assert!(batcher.jobs.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn zero_periods_never_hold() {
+        let batcher = StatusBatcher::new(Duration::ZERO, Duration::ZERO);
+        let t0 = Instant::now();
+        batcher.written("a", t0);
+        assert_eq!(batcher.hold("a", Urgency::Counters, t0), None);
+        assert_eq!(batcher.hold("a", Urgency::Gauges, t0), None);
+    }
+}
