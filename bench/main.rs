@@ -88,6 +88,15 @@ pub struct Args {
     /// Only rebuild report and plots from OUT/raw/results.json.
     #[arg(long)]
     pub report_only: bool,
+    /// Keep the runs already in OUT/raw/results.json and do only the missing ones (a long
+    /// run can be done one limit or workload at a time, or finished after a crash).
+    #[arg(long)]
+    pub resume: bool,
+    /// Start no cluster: add the runs of --limits saved in OUT/raw/run-*.json by a bench
+    /// that stopped before the end, charging their API requests from the audit log its
+    /// cluster folder (.bench-cluster-QPS-BURST) still holds; then write the report.
+    #[arg(long)]
+    pub recover: bool,
 }
 
 #[tokio::main]
@@ -109,23 +118,19 @@ async fn main() -> anyhow::Result<()> {
     plots::load_font()?;
 
     let results = if args.report_only {
-        let text = std::fs::read_to_string(raw.join("results.json"))?;
-        serde_json::from_str(&text)?
+        run::load(&raw)?
+    } else if args.recover {
+        run::recover(&args, &raw)?
     } else {
         let workloads = args
             .workloads
             .iter()
             .map(|w| Workload::from_args(w, &args))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let results = tokio::select! {
+        tokio::select! {
             r = run::all(&args, &workloads, &raw) => r?,
             _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; clusters torn down"),
-        };
-        std::fs::write(
-            raw.join("results.json"),
-            serde_json::to_vec_pretty(&results)?,
-        )?;
-        results
+        }
     };
     let text = report::markdown(&args, &results);
     std::fs::write(out.join("report.md"), &text)?;

@@ -85,9 +85,21 @@ pub async fn all(
             bail!("unknown side {side:?} (kcm, jobkeeper, ceiling)");
         }
     }
-    let mut results = Vec::new();
+    let mut results = if args.resume { load(raw)? } else { Vec::new() };
     for limit in &args.limits {
         let limit = Limit::parse(limit)?;
+        let done = |w: &Workload, side: &str| {
+            results.iter().any(|r: &RunResult| {
+                r.limit == limit.label() && r.workload.name == w.name && r.side == side
+            })
+        };
+        if workloads
+            .iter()
+            .all(|w| args.sides.iter().all(|side| done(w, side)))
+        {
+            info!(limit = %limit.label(), "every run of this limit is done already");
+            continue;
+        }
         let dir = PathBuf::from(format!(".bench-cluster-{}", limit.slug()));
         let mut these = Vec::new();
         {
@@ -116,6 +128,9 @@ pub async fn all(
             };
             for w in workloads {
                 for side in &args.sides {
+                    if done(w, side) {
+                        continue;
+                    }
                     let controller = match side.as_str() {
                         "kcm" => Some(cluster.pid("kube-controller-manager")?),
                         "jobkeeper" => jobkeeper.as_ref().map(|j| j.pid),
@@ -143,7 +158,63 @@ pub async fn all(
         }
         crate::audit::attribute(&dir.join("audit.log"), &mut these)?;
         results.extend(these);
+        save(raw, &results)?;
     }
+    Ok(results)
+}
+
+/// The runs measured so far (OUT/raw/results.json), none if there is no such file yet.
+pub fn load(raw: &Path) -> anyhow::Result<Vec<RunResult>> {
+    let path = raw.join("results.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn save(raw: &Path, results: &[RunResult]) -> anyhow::Result<()> {
+    std::fs::write(
+        raw.join("results.json"),
+        serde_json::to_vec_pretty(results)?,
+    )?;
+    Ok(())
+}
+
+/// Adds the saved runs of `--limits` that results.json lacks, with their API requests
+/// from the audit log still in the limit's cluster folder (see `--recover`).
+pub fn recover(args: &Args, raw: &Path) -> anyhow::Result<Vec<RunResult>> {
+    let mut results = load(raw)?;
+    for limit in &args.limits {
+        let limit = Limit::parse(limit)?;
+        let prefix = format!("run-{}-", limit.slug());
+        let mut these = Vec::new();
+        for entry in std::fs::read_dir(raw)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if !(name.starts_with(&prefix) && name.ends_with(".json")) {
+                continue;
+            }
+            let run: RunResult = serde_json::from_slice(&std::fs::read(&path)?)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let known = results.iter().any(|r| {
+                r.limit == run.limit && r.workload.name == run.workload.name && r.side == run.side
+            });
+            if !known {
+                these.push(run);
+            }
+        }
+        let audit = PathBuf::from(format!(".bench-cluster-{}", limit.slug())).join("audit.log");
+        crate::audit::attribute(&audit, &mut these)?;
+        info!(limit = %limit.label(), runs = these.len(), "recovered");
+        results.extend(these);
+    }
+    save(raw, &results)?;
     Ok(results)
 }
 
@@ -370,7 +441,18 @@ async fn run_one(
         api_errors: BTreeMap::new(),
         api_cluster: BTreeMap::new(),
     };
-    cleanup(&admin, &ns).await?;
+    // A loaded apiserver may time out a 10,000-pod delete: try again, and never lose the
+    // measured run for it (the next run has a namespace of its own).
+    let mut attempt = 0;
+    while let Err(e) = cleanup(&admin, &ns).await {
+        attempt += 1;
+        if attempt == 5 {
+            tracing::warn!(namespace = %ns, error = %e, "could not clean the run's namespace up; going on");
+            break;
+        }
+        tracing::warn!(namespace = %ns, error = %e, attempt, "cleaning up failed; retrying");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
     Ok(result)
 }
 
