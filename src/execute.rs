@@ -317,7 +317,7 @@ impl Executor<'_> {
             for result in results {
                 match result {
                     Ok(mut pod) => {
-                        pod.managed_fields_mut().clear();
+                        crate::runtime::slim_pod(&mut pod);
                         names.push(pod.name_any());
                         self.expectations.created(job_uid, pod);
                     }
