@@ -349,15 +349,29 @@ pub fn goals(results: &[RunResult]) -> String {
                 percentile(&j.pod_latency_ms, 50.0).unwrap_or(f64::NAN),
                 percentile(&j.pod_latency_ms, 99.0).unwrap_or(f64::NAN),
             );
-            let below = if w == "paced" {
-                " (below saturation)"
-            } else {
-                " (saturated: all Jobs at once)"
+            // Below saturation: Jobs arrive more slowly than the client limit can serve
+            // even their minimum requests.
+            let qps: f64 = limit
+                .split('/')
+                .next()
+                .and_then(|q| q.parse().ok())
+                .unwrap_or(f64::INFINITY);
+            let unsaturated = j
+                .workload
+                .create_rate
+                .is_some_and(|rate| rate * j.minimum_per_job() < qps);
+            let below = match j.workload.create_rate {
+                _ if unsaturated => " (below saturation)".to_string(),
+                Some(rate) => format!(
+                    " (saturated: {rate} Jobs/s × {} requests ≥ {qps} QPS)",
+                    j.minimum_per_job()
+                ),
+                None => " (saturated: all Jobs at once)".to_string(),
             };
             let _ = writeln!(
                 s,
                 "| status latency p50 ≤ 50 ms, p99 ≤ 250 ms | {w} @ {limit}{below} | p50 {p50:.0} ms, p99 {p99:.0} ms | {} |",
-                if w == "paced" {
+                if unsaturated {
                     verdict(p50 <= 50.0 && p99 <= 250.0)
                 } else {
                     if p50 <= 50.0 && p99 <= 250.0 {
