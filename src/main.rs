@@ -14,11 +14,6 @@ use jobkeeper::{client, explain, telemetry};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
-/// mimalloc rather than glibc's malloc, whose per-thread arenas hold on to freed memory:
-/// the watch caches churn through many small objects (see the benchmark's peak RSS).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
