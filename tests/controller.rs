@@ -283,12 +283,14 @@ async fn failed_pod_is_replaced_after_the_pod_failure_backoff() {
     job.spec.as_mut().unwrap().backoff_limit = Some(3);
     env.create_job(&job).await;
     let first = env.wait_active("bo", 1).await.remove(0);
+    // The backoff runs from the pod's failure, not from when the status counts it (a
+    // counter-only write may be batched for up to --status-batch-period).
+    let failed_at = jiff_now();
     env.fail(&first, 1).await;
     let status = env
         .wait_status("bo", "failed=1", |s| s.failed == Some(1))
         .await;
     assert_eq!(status.active, None, "no replacement during the backoff");
-    let failed_at = jiff_now();
     let replacement = env.wait_active("bo", 1).await.remove(0);
     let created = replacement.metadata.creation_timestamp.clone().unwrap().0;
     // Upstream waits 10 s · 2^(failures−1) after the failure before a new pod.
