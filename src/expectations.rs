@@ -149,6 +149,10 @@ impl Expectations {
 
     pub fn deleted(&self, job_uid: &str, pod_uid: &str) {
         self.with(job_uid, |e| {
+            // A pod we created and deleted before the cache showed it may never be seen
+            // (the watch can bring its creation and deletion between two syncs): stop
+            // expecting it, or it would stay in the view as a live pod until the TTL.
+            e.created.remove(pod_uid);
             e.deleted.insert(pod_uid.to_string(), Instant::now())
         });
     }
@@ -230,6 +234,18 @@ mod tests {
         assert!(v.pods[0].metadata.deletion_timestamp.is_some());
         let v = e.view(job("j", "1"), vec![], &[]);
         assert!(v.pods.is_empty());
+        assert!(e.inner.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn pod_created_and_deleted_unseen_leaves_the_view() {
+        let e = Expectations::default();
+        e.created("j", pod("p1", true));
+        assert_eq!(e.view(job("j", "1"), vec![], &[]).pods.len(), 1);
+        // Deleted before the cache showed it; the watch may bring both events at once.
+        e.deleted("j", "p1");
+        let v = e.view(job("j", "1"), vec![], &[]);
+        assert!(v.pods.is_empty(), "no phantom pod");
         assert!(e.inner.lock().unwrap().is_empty());
     }
 
