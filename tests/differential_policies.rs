@@ -365,8 +365,13 @@ async fn pod_replacement_policy_failed_waits_for_terminating_pods() {
     // The terminating pod fails (as a kubelet would report it): now it is replaced.
     twins.each_pod(&old, all, Outcome::Fail(143)).await;
     twins
-        .assert_same_when("failed=1, replacement active", |s| {
-            s.failed == Some(1) && s.active == Some(1) && s.terminating == Some(0)
+        // Compared once the kwok replacement is ready: `ready` is transient before, and
+        // each controller batches it differently.
+        .assert_same_when("failed=1, replacement active and ready", |s| {
+            s.failed == Some(1)
+                && s.active == Some(1)
+                && s.terminating == Some(0)
+                && s.ready == Some(1)
         })
         .await;
     for name in &twins.names {
