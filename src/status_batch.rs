@@ -36,13 +36,8 @@ pub fn urgency(current: Option<&JobStatus>, next: &JobStatus) -> Urgency {
     {
         return Urgency::Now;
     }
-    let gauges_only = JobStatus {
-        active: current.active,
-        ready: current.ready,
-        terminating: current.terminating,
-        ..next.clone()
-    };
-    if counters_equal(current, &gauges_only) {
+    // Everything else a status holds is a gauge: active, ready, terminating.
+    if counters_equal(current, next) {
         Urgency::Gauges
     } else {
         Urgency::Counters
@@ -51,13 +46,13 @@ pub fn urgency(current: Option<&JobStatus>, next: &JobStatus) -> Urgency {
 
 fn counters_equal(a: &JobStatus, b: &JobStatus) -> bool {
     let n = |v: Option<i32>| v.unwrap_or(0);
-    let uncounted = |s: &JobStatus| {
-        let u = s.uncounted_terminated_pods.clone().unwrap_or_default();
+    fn uncounted(s: &JobStatus) -> (&[String], &[String]) {
+        let u = s.uncounted_terminated_pods.as_ref();
         (
-            u.succeeded.unwrap_or_default(),
-            u.failed.unwrap_or_default(),
+            u.and_then(|u| u.succeeded.as_deref()).unwrap_or_default(),
+            u.and_then(|u| u.failed.as_deref()).unwrap_or_default(),
         )
-    };
+    }
     n(a.succeeded) == n(b.succeeded)
         && n(a.failed) == n(b.failed)
         && a.completed_indexes.as_deref().unwrap_or_default()
