@@ -89,36 +89,38 @@ impl Expectations {
             }
         };
 
-        let cached: HashSet<&str> = cached_pods
-            .iter()
-            .chain(orphans)
-            .map(|p| uid_of(p))
-            .collect();
-        exp.created
-            .retain(|uid, (_, since)| !cached.contains(uid.as_str()) && fresh(since));
-        let mut pods = cached_pods.clone();
-        pods.extend(exp.created.values().map(|(pod, _)| pod.clone()));
-
+        // By UID, so confirming each expectation is one lookup, not a scan of the pods.
+        let owned: HashMap<&str, &Pod> = cached_pods.iter().map(|p| (uid_of(p), &**p)).collect();
+        exp.created.retain(|uid, (_, since)| {
+            !owned.contains_key(uid.as_str())
+                && !orphans.iter().any(|p| uid_of(p) == uid)
+                && fresh(since)
+        });
         exp.deleted.retain(|uid, since| {
             fresh(since)
-                && cached_pods
-                    .iter()
-                    .any(|p| uid_of(p) == uid && p.metadata.deletion_timestamp.is_none())
+                && owned
+                    .get(uid.as_str())
+                    .is_some_and(|p| p.metadata.deletion_timestamp.is_none())
         });
-        for pod in pods.iter_mut() {
-            if exp.deleted.contains_key(uid_of(pod)) {
-                let mut deleting = (**pod).clone();
-                deleting.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
-                *pod = Arc::new(deleting);
-            }
-        }
-
         exp.finalizer_removed.retain(|uid, since| {
             fresh(since)
-                && cached_pods
-                    .iter()
-                    .any(|p| uid_of(p) == uid && has_tracking_finalizer(p))
+                && owned
+                    .get(uid.as_str())
+                    .is_some_and(|p| has_tracking_finalizer(p))
         });
+        drop(owned);
+
+        let mut pods = cached_pods;
+        if !exp.deleted.is_empty() {
+            for pod in pods.iter_mut() {
+                if exp.deleted.contains_key(uid_of(pod)) {
+                    let mut deleting = (**pod).clone();
+                    deleting.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+                    *pod = Arc::new(deleting);
+                }
+            }
+        }
+        pods.extend(exp.created.values().map(|(pod, _)| pod.clone()));
         let finalizer_removed = exp.finalizer_removed.keys().cloned().collect();
 
         if exp.created.is_empty()

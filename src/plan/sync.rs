@@ -121,7 +121,7 @@ pub fn plan(s: &Snapshot<'_>) -> Plan {
     // Claim pods: owned pods that stopped matching are released, matching orphans adopted.
     let selector = spec.selector.as_ref();
     let mut owned: Vec<&Pod> = Vec::new();
-    let mut seen: HashSet<&str> = HashSet::new();
+    let mut seen: HashSet<&str> = HashSet::with_capacity(s.pods.len() + s.orphans.len());
     for &p in &s.pods {
         if !seen.insert(uid(p)) {
             continue;
@@ -162,8 +162,9 @@ pub fn plan(s: &Snapshot<'_>) -> Plan {
             .cmp(&(b.metadata.creation_timestamp.as_ref(), &b.metadata.name))
     });
 
+    // Cheapest test first: most pods of a big Job are finished and untracked.
     let tracked = |p: &Pod| {
-        (adopted.contains(uid(p)) || pods::has_finalizer(p, TRACKING_FINALIZER))
+        (pods::has_finalizer(p, TRACKING_FINALIZER) || adopted.contains(uid(p)))
             && !removed.contains(uid(p))
     };
     let valid_index = |p: &Pod| pods::completion_index(p).filter(|i| *i < completions_n);
@@ -193,16 +194,16 @@ pub fn plan(s: &Snapshot<'_>) -> Plan {
         .copied()
         .filter(|p| {
             tracked(p)
-                && !stored_succeeded_set.contains(uid(p))
-                && countable(p)
                 && pods::is_succeeded(p)
+                && countable(p)
+                && !stored_succeeded_set.contains(uid(p))
         })
         .collect();
     let new_failed_pods: Vec<&Pod> = owned
         .iter()
         .copied()
         .filter(|p| {
-            tracked(p) && !stored_failed_set.contains(uid(p)) && countable(p) && is_failed(p)
+            tracked(p) && is_failed(p) && countable(p) && !stored_failed_set.contains(uid(p))
         })
         .collect();
     let new_failed_counted = new_failed_pods
@@ -273,7 +274,7 @@ pub fn plan(s: &Snapshot<'_>) -> Plan {
     if indexed {
         let mut newly: Vec<i32> = owned
             .iter()
-            .filter(|p| pods::is_succeeded(p) && tracked(p))
+            .filter(|p| tracked(p) && pods::is_succeeded(p))
             .filter_map(|p| valid_index(p))
             .collect();
         newly.sort_unstable();
@@ -506,9 +507,10 @@ pub fn plan(s: &Snapshot<'_>) -> Plan {
             failed_counter += 1;
         }
     }
-    let mut tracking_order = owned.clone();
+    // Only tracked pods are counted here (most pods of a big Job are long untracked).
+    let mut tracking_order: Vec<&Pod> = owned.iter().copied().filter(|p| tracked(p)).collect();
     if indexed {
-        tracking_order.sort_by_key(|p| pods::completion_index(p).map_or(-1, i64::from));
+        tracking_order.sort_by_cached_key(|p| pods::completion_index(p).map_or(-1, i64::from));
     }
     let job_finishing = finished.is_some();
     let mut new_succeeded_indexes: Vec<i32> = Vec::new();
@@ -517,7 +519,7 @@ pub fn plan(s: &Snapshot<'_>) -> Plan {
     let mut newly_failed = 0u32;
     let mut remove: Vec<PodRef> = Vec::new();
     for &p in &tracking_order {
-        if !tracked(p) || delete_set.contains(uid(p)) {
+        if delete_set.contains(uid(p)) {
             continue;
         }
         let considered_failed = is_failed(p);
