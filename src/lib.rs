@@ -9,6 +9,7 @@ pub mod explain;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+pub mod pod_decode;
 pub mod pod_index;
 pub mod runtime;
 pub mod server;

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, future};
+use futures::{StreamExt, TryStreamExt, future};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -26,6 +26,7 @@ use crate::execute::{self, EventSink, ExecuteError, Executor, Step};
 use crate::expectations::Expectations;
 use crate::metrics::SharedMetrics;
 use crate::plan::{self, BackoffRecord, Snapshot};
+use crate::pod_decode::WatchedPod;
 use crate::pod_index::PodIndex;
 use crate::status_batch::{self, StatusBatcher};
 
@@ -463,12 +464,24 @@ fn slim_job(job: &mut Job) {
         .remove("kubectl.kubernetes.io/last-applied-configuration");
 }
 
+/// The pod watch decodes [`WatchedPod`]s; the caches hold the pods inside.
+fn unwrap_watched(event: Event<WatchedPod>) -> Event<Pod> {
+    match event {
+        Event::Apply(p) => Event::Apply(p.0),
+        Event::Delete(p) => Event::Delete(p.0),
+        Event::Init => Event::Init,
+        Event::InitApply(p) => Event::InitApply(p.0),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
 /// Of a pod's spec the planner reads only the node name and which init containers are
 /// sidecars (restartPolicy Always); the rest (containers, volumes, tolerations) goes.
 pub fn slim_pod(pod: &mut Pod) {
-    pod.managed_fields_mut().clear();
-    pod.annotations_mut()
-        .remove("kubectl.kubernetes.io/last-applied-configuration");
+    pod.metadata.managed_fields = None;
+    if let Some(a) = pod.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
     if let Some(spec) = pod.spec.take() {
         let sidecars: Vec<Container> = spec
             .init_containers
@@ -559,7 +572,7 @@ pub fn controller(
     let single_ns = (config.ownership.namespaces.len() == 1)
         .then(|| config.ownership.namespaces.iter().next().cloned())
         .flatten();
-    let (jobs_api, pods_api): (Api<Job>, Api<Pod>) = match &single_ns {
+    let (jobs_api, pods_api): (Api<Job>, Api<WatchedPod>) = match &single_ns {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
@@ -595,6 +608,7 @@ pub fn controller(
         watcher::Config::default().labels(CONTROLLER_UID_LABEL),
     )
     .default_backoff()
+    .map_ok(unwrap_watched)
     .filter_map(move |event| {
         let keep = match &event {
             Ok(Event::Apply(p)) | Ok(Event::InitApply(p)) | Ok(Event::Delete(p)) => {
@@ -615,7 +629,6 @@ pub fn controller(
         }
         future::ready(keep.then_some(event))
     })
-    .modify(slim_pod)
     .reflect(pod_writer)
     .inspect({
         let index = pod_index.clone();

@@ -1,0 +1,220 @@
+//! Decoding the pod watch into slim pods.
+//!
+//! Most of a pod's JSON is of no use to the planner: managedFields, and the spec's
+//! containers, volumes and tolerations. Deserialized into a full `Pod` and then cut down by
+//! [`slim_pod`](crate::runtime::slim_pod), they cost more CPU than planning does for a Job
+//! of thousands of pods. [`WatchedPod`] decodes the same slim pod directly: the fields it
+//! does not name are skipped by the JSON reader without being built.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use kube::Resource;
+use serde::Deserialize;
+
+/// A pod as the pod watch decodes it; `.0` is what [`slim_pod`](crate::runtime::slim_pod)
+/// would make of the full pod.
+#[derive(Clone, Debug)]
+pub struct WatchedPod(pub Pod);
+
+#[derive(Deserialize)]
+struct Wire {
+    metadata: Meta,
+    #[serde(default)]
+    spec: Option<Spec>,
+    #[serde(default)]
+    status: Option<PodStatus>,
+}
+
+/// ObjectMeta without managedFields.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Meta {
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    creation_timestamp: Option<Time>,
+    #[serde(default)]
+    deletion_grace_period_seconds: Option<i64>,
+    #[serde(default)]
+    deletion_timestamp: Option<Time>,
+    #[serde(default)]
+    finalizers: Option<Vec<String>>,
+    #[serde(default)]
+    generate_name: Option<String>,
+    #[serde(default)]
+    generation: Option<i64>,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    owner_references: Option<Vec<OwnerReference>>,
+    #[serde(default)]
+    resource_version: Option<String>,
+    #[serde(default)]
+    uid: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Spec {
+    #[serde(default)]
+    node_name: Option<String>,
+    #[serde(default)]
+    init_containers: Option<Vec<InitContainer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InitContainer {
+    name: String,
+    #[serde(default)]
+    restart_policy: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for WatchedPod {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Wire {
+            metadata: m,
+            spec,
+            status,
+        } = Wire::deserialize(d)?;
+        let mut annotations = m.annotations;
+        if let Some(a) = annotations.as_mut() {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+        let spec = spec.map(|s| {
+            let sidecars: Vec<Container> = s
+                .init_containers
+                .into_iter()
+                .flatten()
+                .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+                .map(|c| Container {
+                    name: c.name,
+                    restart_policy: c.restart_policy,
+                    ..Container::default()
+                })
+                .collect();
+            PodSpec {
+                node_name: s.node_name,
+                init_containers: (!sidecars.is_empty()).then_some(sidecars),
+                ..PodSpec::default()
+            }
+        });
+        Ok(WatchedPod(Pod {
+            metadata: ObjectMeta {
+                annotations,
+                creation_timestamp: m.creation_timestamp,
+                deletion_grace_period_seconds: m.deletion_grace_period_seconds,
+                deletion_timestamp: m.deletion_timestamp,
+                finalizers: m.finalizers,
+                generate_name: m.generate_name,
+                generation: m.generation,
+                labels: m.labels,
+                name: m.name,
+                namespace: m.namespace,
+                owner_references: m.owner_references,
+                resource_version: m.resource_version,
+                uid: m.uid,
+                managed_fields: None,
+                self_link: None,
+            },
+            spec,
+            status,
+        }))
+    }
+}
+
+impl Resource for WatchedPod {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        Pod::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        Pod::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        Pod::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        Pod::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.0.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.0.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::slim_pod;
+
+    /// A pod as the apiserver sends it, with the parts the decoder drops.
+    const FULL: &str = r#"{
+      "kind": "Pod", "apiVersion": "v1",
+      "metadata": {
+        "name": "pi-0-abcde", "generateName": "pi-0-", "namespace": "ns",
+        "uid": "u-1", "resourceVersion": "42", "creationTimestamp": "2026-11-27T04:00:00Z",
+        "deletionTimestamp": "2026-11-27T04:01:00Z", "deletionGracePeriodSeconds": 30,
+        "labels": {"batch.kubernetes.io/controller-uid": "j-1", "job-name": "pi"},
+        "annotations": {"batch.kubernetes.io/job-completion-index": "0",
+                        "kubectl.kubernetes.io/last-applied-configuration": "{}"},
+        "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "pi",
+                             "uid": "j-1", "controller": true, "blockOwnerDeletion": true}],
+        "finalizers": ["batch.kubernetes.io/job-tracking"],
+        "managedFields": [{"manager": "kube-controller-manager", "operation": "Update",
+                           "apiVersion": "v1", "fieldsType": "FieldsV1",
+                           "fieldsV1": {"f:metadata": {"f:labels": {}}}}]
+      },
+      "spec": {
+        "nodeName": "node-1", "restartPolicy": "Never",
+        "initContainers": [{"name": "log", "image": "busybox", "restartPolicy": "Always"},
+                           {"name": "setup", "image": "busybox"}],
+        "containers": [{"name": "pi", "image": "perl", "command": ["perl"],
+                        "resources": {"limits": {"cpu": "1"}}}],
+        "volumes": [{"name": "v", "emptyDir": {}}],
+        "tolerations": [{"key": "k", "operator": "Exists"}]
+      },
+      "status": {
+        "phase": "Failed",
+        "conditions": [{"type": "Ready", "status": "False"},
+                       {"type": "DisruptionTarget", "status": "True", "reason": "x"}],
+        "containerStatuses": [{"name": "pi", "image": "perl", "imageID": "", "ready": false,
+                               "restartCount": 2, "state": {"terminated": {"exitCode": 3,
+                               "finishedAt": "2026-11-27T04:00:30Z"}}}]
+      }
+    }"#;
+
+    #[test]
+    fn decodes_what_slim_pod_keeps_of_the_full_pod() {
+        let WatchedPod(decoded) = serde_json::from_str(FULL).unwrap();
+        let mut full: Pod = serde_json::from_str(FULL).unwrap();
+        assert!(full.metadata.managed_fields.is_some());
+        slim_pod(&mut full);
+        assert_eq!(decoded, full);
+        let spec = decoded.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("node-1"));
+        assert_eq!(spec.init_containers.as_ref().unwrap().len(), 1);
+        assert!(spec.containers.is_empty());
+        assert!(spec.volumes.is_none());
+    }
+
+    #[test]
+    fn decodes_a_pod_without_spec_or_status() {
+        let WatchedPod(pod) =
+            serde_json::from_str(r#"{"metadata": {"name": "p", "namespace": "ns"}}"#).unwrap();
+        assert_eq!(pod.metadata.name.as_deref(), Some("p"));
+        assert!(pod.spec.is_none() && pod.status.is_none());
+    }
+}
