@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodStatus};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -309,15 +310,14 @@ impl Executor<'_> {
             rest = later;
             batch *= 2;
             let results: Vec<Result<Pod, kube::Error>> = stream::iter(now.to_vec())
-                .map(|pod: Pod| async move { api.create(&PostParams::default(), &pod).await })
+                .map(|pod: Pod| create_pod(self.client, api, pod))
                 .buffer_unordered(POD_WRITE_PARALLELISM)
                 .collect()
                 .await;
             let mut failure = None;
             for result in results {
                 match result {
-                    Ok(mut pod) => {
-                        crate::runtime::slim_pod(&mut pod);
+                    Ok(pod) => {
                         names.push(pod.name_any());
                         self.expectations.created(job_uid, pod);
                     }
@@ -562,11 +562,41 @@ pub fn has_tracking_finalizer(pod: &Pod) -> bool {
 }
 
 /// Removes only the tracking finalizer, leaving any others in place.
+/// What asks the apiserver to answer a write with the object's metadata only.
+const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+
+/// Creates a pod and returns it as stored, slimmed (see [`crate::runtime::slim_pod`]).
+/// Only its metadata comes back (the rest is what we sent), so neither side encodes or
+/// decodes the whole pod.
+async fn create_pod(client: &Client, api: &Api<Pod>, mut pod: Pod) -> Result<Pod, kube::Error> {
+    let url = Pod::url_path(&(), api.namespace());
+    let body = serde_json::to_vec(&pod).map_err(kube::Error::SerdeError)?;
+    let mut request = kube::core::Request::new(url)
+        .create(&PostParams::default(), body)
+        .map_err(kube::Error::BuildRequest)?;
+    request.headers_mut().insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static(METADATA_ONLY),
+    );
+    request.extensions_mut().insert("create");
+    let stored: PartialObjectMeta<Pod> = client.request(request).await?;
+    pod.metadata = stored.metadata;
+    // What the apiserver gives every new pod (its QoS class is of no use here).
+    pod.status = Some(PodStatus {
+        phase: Some("Pending".into()),
+        ..PodStatus::default()
+    });
+    crate::runtime::slim_pod(&mut pod);
+    Ok(pod)
+}
+
 pub async fn remove_finalizer(api: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
     let patch = json!({
         "metadata": { "$deleteFromPrimitiveList/finalizers": [TRACKING_FINALIZER] }
     });
-    api.patch(name, &PatchParams::default(), &Patch::Strategic(patch))
+    // Only the metadata comes back: the apiserver need not encode, nor we decode, the
+    // whole pod for each of the Job's pods.
+    api.patch_metadata(name, &PatchParams::default(), &Patch::Strategic(patch))
         .await
         .map(|_| ())
 }
