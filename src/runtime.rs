@@ -36,6 +36,15 @@ pub const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
 /// A sync plans and applies at most this many steps before yielding to other Jobs.
 const MAX_STEPS_PER_SYNC: usize = 6;
 
+/// A Job whose planning took `t` is not synced again until `PLANNING_PACE × t` after its
+/// sync ended, so one Job with thousands of pods spends at most 1 / (1 + PLANNING_PACE)
+/// of a core re-reading them; the pod events of the pause are handled by one sync.
+/// Planning a Job of a few pods takes microseconds, so they see no pause.
+const PLANNING_PACE: u32 = 3;
+
+/// Pauses shorter than this are not kept (no entry for the Jobs of a few pods).
+const MIN_PACING_PAUSE: Duration = Duration::from_millis(1);
+
 /// Jobs triggered by a watch event whose sync has not started yet: the controller's
 /// queue, deduplicated as it is, for the `queue_depth` gauge.
 #[derive(Clone, Default)]
@@ -122,6 +131,8 @@ pub struct Context {
     pub caches: Caches,
     pub pending: Pending,
     pub batcher: Arc<StatusBatcher>,
+    /// By Job UID: when its next sync may start (see [`PLANNING_PACE`]).
+    pub not_before: Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,10 +175,28 @@ pub fn pods_of(pods: &Store<Pod>, index: &PodIndex, job: &Job) -> (Vec<Arc<Pod>>
 async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, SyncError> {
     // Never plan from an empty pod cache: that would create every pod again.
     ctx.caches.wait_until_ready().await;
+    let uid = job.uid().unwrap_or_default();
+    let not_before = ctx
+        .not_before
+        .lock()
+        .expect("pacing lock")
+        .get(&uid)
+        .copied();
+    if let Some(at) = not_before {
+        tokio::time::sleep_until(at.into()).await;
+    }
     ctx.pending.started(&ObjectRef::from_obj(&*job));
     let started = Instant::now();
-    let result = sync(job.clone(), &ctx).await;
-    let uid = job.uid().unwrap_or_default();
+    let mut planning = Duration::ZERO;
+    let result = sync(job.clone(), &ctx, &mut planning).await;
+    let pause = planning * PLANNING_PACE;
+    let mut pacing = ctx.not_before.lock().expect("pacing lock");
+    if pause >= MIN_PACING_PAUSE {
+        pacing.insert(uid.clone(), Instant::now() + pause);
+    } else {
+        pacing.remove(&uid);
+    }
+    drop(pacing);
     match &result {
         Ok(_) => {
             ctx.metrics.observe_sync("success", started.elapsed());
@@ -186,10 +215,13 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, SyncError
     result
 }
 
-async fn sync(job: Arc<Job>, ctx: &Context) -> Result<Action, SyncError> {
+/// Adds the time spent reading caches and planning (not waiting on the apiserver) to
+/// `planning`.
+async fn sync(job: Arc<Job>, ctx: &Context, planning: &mut Duration) -> Result<Action, SyncError> {
     let job_ref = ObjectRef::from_obj(&*job);
     let mut fresh: Option<Arc<Job>> = None;
     for _ in 0..MAX_STEPS_PER_SYNC {
+        let planning_started = Instant::now();
         let cached = match fresh.take().or_else(|| ctx.jobs.get(&job_ref)) {
             Some(j) if j.uid() == job.uid() => j,
             _ => return Ok(Action::await_change()),
@@ -214,6 +246,7 @@ async fn sync(job: Arc<Job>, ctx: &Context) -> Result<Action, SyncError> {
         };
         let mut plan = plan::plan(&snapshot);
         let held = hold_counter_only_status(ctx, &view.job, &uid, &mut plan);
+        *planning += planning_started.elapsed();
         let keep_backoff = |ctx: &Context, record: BackoffRecord| {
             ctx.backoff
                 .lock()
@@ -388,6 +421,7 @@ async fn release_pods_of_deleted_jobs(
         ctx.batcher.forget(&uid);
         ctx.backoff.lock().expect("backoff lock").remove(&uid);
         ctx.errors.lock().expect("errors lock").remove(&uid);
+        ctx.not_before.lock().expect("pacing lock").remove(&uid);
     }
 }
 
@@ -666,6 +700,7 @@ pub fn controller(
             config.status_batch_period,
             config.status_gauge_delay,
         )),
+        not_before: Mutex::default(),
     });
     let jobs_for_mapper = job_store.clone();
     let release = release_pods_that_left_the_selector(client.clone(), job_store.clone(), left_rx);
