@@ -182,8 +182,9 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, SyncError
         .expect("pacing lock")
         .get(&uid)
         .copied();
-    if let Some(at) = not_before {
-        tokio::time::sleep_until(at.into()).await;
+    // Too soon after the last sync: come back when due (not holding a worker meanwhile).
+    if let Some(wait) = not_before.and_then(|at| at.checked_duration_since(Instant::now())) {
+        return Ok(Action::requeue(wait));
     }
     ctx.pending.started(&ObjectRef::from_obj(&*job));
     let started = Instant::now();
