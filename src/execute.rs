@@ -565,7 +565,7 @@ pub fn has_tracking_finalizer(pod: &Pod) -> bool {
 /// What asks the apiserver to answer a write with the object's metadata only.
 const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
 
-/// Creates a pod and returns it as stored, slimmed (see [`crate::runtime::slim_pod`]).
+/// Creates a pod and returns it as stored, slimmed (see [`crate::pod_decode::slim_pod`]).
 /// Only its metadata comes back (the rest is what we sent), so neither side encodes or
 /// decodes the whole pod.
 async fn create_pod(client: &Client, api: &Api<Pod>, mut pod: Pod) -> Result<Pod, kube::Error> {
@@ -586,7 +586,7 @@ async fn create_pod(client: &Client, api: &Api<Pod>, mut pod: Pod) -> Result<Pod
         phase: Some("Pending".into()),
         ..PodStatus::default()
     });
-    crate::runtime::slim_pod(&mut pod);
+    crate::pod_decode::slim_pod(&mut pod);
     Ok(pod)
 }
 

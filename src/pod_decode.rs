@@ -1,10 +1,10 @@
-//! Decoding the pod watch into slim pods.
+//! Slim pods: what the caches keep of a pod.
 //!
-//! Most of a pod's JSON is of no use to the planner: managedFields, and the spec's
-//! containers, volumes and tolerations. Deserialized into a full `Pod` and then cut down by
-//! [`slim_pod`](crate::runtime::slim_pod), they cost more CPU than planning does for a Job
-//! of thousands of pods. [`WatchedPod`] decodes the same slim pod directly: the fields it
-//! does not name are skipped by the JSON reader without being built.
+//! Most of a pod is of no use to the planner: managedFields, and the spec's containers,
+//! volumes and tolerations. [`slim_pod`] cuts a full pod down; [`WatchedPod`] decodes the
+//! same slim pod straight from the watch's JSON, whose other fields the JSON reader skips
+//! without building them (decoding full pods cost more CPU than planning did for a Job of
+//! thousands of pods).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -15,8 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference,
 use kube::Resource;
 use serde::Deserialize;
 
-/// A pod as the pod watch decodes it; `.0` is what [`slim_pod`](crate::runtime::slim_pod)
-/// would make of the full pod.
+/// A pod as the pod watch decodes it; `.0` is what [`slim_pod`] makes of the full pod.
 #[derive(Clone, Debug)]
 pub struct WatchedPod(pub Pod);
 
@@ -86,26 +85,15 @@ impl<'de> Deserialize<'de> for WatchedPod {
             status,
         } = Wire::deserialize(d)?;
         let mut annotations = m.annotations;
-        if let Some(a) = annotations.as_mut() {
-            a.remove("kubectl.kubernetes.io/last-applied-configuration");
-        }
+        drop_last_applied(&mut annotations);
         let spec = spec.map(|s| {
-            let sidecars: Vec<Container> = s
-                .init_containers
-                .into_iter()
-                .flatten()
-                .filter(|c| c.restart_policy.as_deref() == Some("Always"))
-                .map(|c| Container {
-                    name: c.name,
-                    restart_policy: c.restart_policy,
-                    ..Container::default()
-                })
-                .collect();
-            PodSpec {
-                node_name: s.node_name,
-                init_containers: (!sidecars.is_empty()).then_some(sidecars),
-                ..PodSpec::default()
-            }
+            slim_spec(
+                s.node_name,
+                s.init_containers
+                    .into_iter()
+                    .flatten()
+                    .map(|c| (c.name, c.restart_policy)),
+            )
         });
         Ok(WatchedPod(Pod {
             metadata: ObjectMeta {
@@ -128,6 +116,46 @@ impl<'de> Deserialize<'de> for WatchedPod {
             spec,
             status,
         }))
+    }
+}
+
+/// Of a pod's spec the planner reads only the node name and which init containers are
+/// sidecars (restartPolicy Always); the rest (containers, volumes, tolerations) goes.
+pub fn slim_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    drop_last_applied(&mut pod.metadata.annotations);
+    if let Some(spec) = pod.spec.take() {
+        let init = spec.init_containers.into_iter().flatten();
+        pod.spec = Some(slim_spec(
+            spec.node_name,
+            init.map(|c| (c.name, c.restart_policy)),
+        ));
+    }
+}
+
+fn drop_last_applied(annotations: &mut Option<BTreeMap<String, String>>) {
+    if let Some(a) = annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// The node name and the sidecars of `init_containers` (name, restartPolicy).
+fn slim_spec(
+    node_name: Option<String>,
+    init_containers: impl Iterator<Item = (String, Option<String>)>,
+) -> PodSpec {
+    let sidecars: Vec<Container> = init_containers
+        .filter(|(_, policy)| policy.as_deref() == Some("Always"))
+        .map(|(name, restart_policy)| Container {
+            name,
+            restart_policy,
+            ..Container::default()
+        })
+        .collect();
+    PodSpec {
+        node_name,
+        init_containers: (!sidecars.is_empty()).then_some(sidecars),
+        ..PodSpec::default()
     }
 }
 
@@ -158,7 +186,6 @@ impl Resource for WatchedPod {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::slim_pod;
 
     /// A pod as the apiserver sends it, with the parts the decoder drops.
     const FULL: &str = r#"{
@@ -216,5 +243,40 @@ mod tests {
             serde_json::from_str(r#"{"metadata": {"name": "p", "namespace": "ns"}}"#).unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("p"));
         assert!(pod.spec.is_none() && pod.status.is_none());
+    }
+
+    #[test]
+    fn slim_pods_keep_what_the_planner_reads() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "labels": {"a": "b"}, "finalizers": ["batch.kubernetes.io/job-tracking"]},
+            "spec": {
+                "nodeName": "n1",
+                "containers": [{"name": "main", "image": "busybox"}],
+                "initContainers": [
+                    {"name": "setup", "image": "busybox"},
+                    {"name": "proxy", "image": "envoy", "restartPolicy": "Always"}
+                ],
+                "volumes": [{"name": "v", "emptyDir": {}}]
+            },
+            "status": {"phase": "Running"}
+        }))
+        .unwrap();
+        let before = pod.clone();
+        slim_pod(&mut pod);
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert!(spec.containers.is_empty() && spec.volumes.is_none());
+        let sidecars = spec.init_containers.as_ref().unwrap();
+        assert_eq!(sidecars.len(), 1);
+        assert_eq!(
+            (
+                sidecars[0].name.as_str(),
+                sidecars[0].restart_policy.as_deref()
+            ),
+            ("proxy", Some("Always"))
+        );
+        assert_eq!(pod.metadata.labels, before.metadata.labels);
+        assert_eq!(pod.metadata.finalizers, before.metadata.finalizers);
+        assert_eq!(pod.status, before.status);
     }
 }

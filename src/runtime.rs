@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, future};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::{Selector, SelectorExt};
@@ -510,33 +510,6 @@ fn unwrap_watched(event: Event<WatchedPod>) -> Event<Pod> {
     }
 }
 
-/// Of a pod's spec the planner reads only the node name and which init containers are
-/// sidecars (restartPolicy Always); the rest (containers, volumes, tolerations) goes.
-pub fn slim_pod(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    if let Some(a) = pod.metadata.annotations.as_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-    if let Some(spec) = pod.spec.take() {
-        let sidecars: Vec<Container> = spec
-            .init_containers
-            .into_iter()
-            .flatten()
-            .filter(|c| c.restart_policy.as_deref() == Some("Always"))
-            .map(|c| Container {
-                name: c.name,
-                restart_policy: c.restart_policy,
-                ..Container::default()
-            })
-            .collect();
-        pod.spec = Some(PodSpec {
-            node_name: spec.node_name,
-            init_containers: (!sidecars.is_empty()).then_some(sidecars),
-            ..PodSpec::default()
-        });
-    }
-}
-
 #[derive(Clone)]
 pub struct RuntimeConfig {
     pub ownership: Ownership,
@@ -765,41 +738,6 @@ mod tests {
             }),
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn slim_pods_keep_what_the_planner_reads() {
-        let mut pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p", "labels": {"a": "b"}, "finalizers": ["batch.kubernetes.io/job-tracking"]},
-            "spec": {
-                "nodeName": "n1",
-                "containers": [{"name": "main", "image": "busybox"}],
-                "initContainers": [
-                    {"name": "setup", "image": "busybox"},
-                    {"name": "proxy", "image": "envoy", "restartPolicy": "Always"}
-                ],
-                "volumes": [{"name": "v", "emptyDir": {}}]
-            },
-            "status": {"phase": "Running"}
-        }))
-        .unwrap();
-        let before = pod.clone();
-        slim_pod(&mut pod);
-        let spec = pod.spec.as_ref().unwrap();
-        assert_eq!(spec.node_name.as_deref(), Some("n1"));
-        assert!(spec.containers.is_empty() && spec.volumes.is_none());
-        let sidecars = spec.init_containers.as_ref().unwrap();
-        assert_eq!(sidecars.len(), 1);
-        assert_eq!(
-            (
-                sidecars[0].name.as_str(),
-                sidecars[0].restart_policy.as_deref()
-            ),
-            ("proxy", Some("Always"))
-        );
-        assert_eq!(pod.metadata.labels, before.metadata.labels);
-        assert_eq!(pod.metadata.finalizers, before.metadata.finalizers);
-        assert_eq!(pod.status, before.status);
     }
 
     #[test]
