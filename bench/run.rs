@@ -62,6 +62,13 @@ pub struct RunResult {
     pub api_cluster: BTreeMap<String, u64>,
 }
 
+impl RunResult {
+    /// Which run this is: client limit, workload and side (one result each).
+    fn is(&self, limit: &str, workload: &str, side: &str) -> bool {
+        self.limit == limit && self.workload.name == workload && self.side == side
+    }
+}
+
 pub async fn all(
     args: &Args,
     workloads: &[Workload],
@@ -89,9 +96,9 @@ pub async fn all(
     for limit in &args.limits {
         let limit = Limit::parse(limit)?;
         let done = |w: &Workload, side: &str| {
-            results.iter().any(|r: &RunResult| {
-                r.limit == limit.label() && r.workload.name == w.name && r.side == side
-            })
+            results
+                .iter()
+                .any(|r: &RunResult| r.is(&limit.label(), &w.name, side))
         };
         if workloads
             .iter()
@@ -202,9 +209,9 @@ pub fn recover(args: &Args, raw: &Path) -> anyhow::Result<Vec<RunResult>> {
             }
             let run: RunResult = serde_json::from_slice(&std::fs::read(&path)?)
                 .with_context(|| format!("reading {}", path.display()))?;
-            let known = results.iter().any(|r| {
-                r.limit == run.limit && r.workload.name == run.workload.name && r.side == run.side
-            });
+            let known = results
+                .iter()
+                .any(|r| r.is(&run.limit, &run.workload.name, &run.side));
             if !known {
                 these.push(run);
             }
