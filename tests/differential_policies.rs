@@ -399,8 +399,9 @@ async fn pod_replacement_policy_terminating_or_failed_replaces_at_once() {
     let old = delete_the_running_pod(&twins).await;
     // The terminating pod counts as failed and a replacement starts while it terminates.
     let [ours, _] = twins
-        .assert_same_when("terminating=1 and a replacement active", |s| {
-            s.terminating == Some(1) && s.active == Some(1)
+        // The replacement runs on kwok: compare once it is ready (see above).
+        .assert_same_when("terminating=1 and a replacement active and ready", |s| {
+            s.terminating == Some(1) && s.active == Some(1) && s.ready == Some(1)
         })
         .await;
     assert_eq!(ours.failed, Some(1));
@@ -589,8 +590,13 @@ async fn indexed_pod_replacement_policy_failed_keeps_the_terminating_index() {
         .await;
     twins.each_pod(&index_0, all, Outcome::Fail(143)).await;
     let replaced = twins
-        .assert_same_when("index 0 failed and replaced", |s| {
-            s.failed == Some(1) && s.active == Some(2) && s.terminating == Some(0)
+        // Compared once the kwok replacement is ready: `ready` is transient before, and
+        // each controller batches it differently.
+        .assert_same_when("index 0 failed and replaced, both pods ready", |s| {
+            s.failed == Some(1)
+                && s.active == Some(2)
+                && s.terminating == Some(0)
+                && s.ready == Some(2)
         })
         .await;
     assert_eq!(replaced[0].failed, Some(1));
