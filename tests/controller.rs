@@ -431,12 +431,16 @@ async fn released_pod_is_adopted_back() {
     job.spec.as_mut().unwrap().completions = Some(1);
     let job = env.create_job(&job).await;
     let pod = env.wait_active("ad", 1).await.remove(0);
-    // Make it an orphan that still matches the Job's selector.
+    // Make it an orphan that still matches the Job's selector. The finalizer goes too: the
+    // built-in job controller strips the tracking finalizer of every orphan it sees, and
+    // when its cache lags it does so after our adoption put the finalizer back (a race of
+    // two controllers over one pod, not a behaviour of ours); it leaves an orphan without
+    // the finalizer alone, so the adoption must add it.
     env.pods()
         .patch(
             &pod.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"ownerReferences": null}})),
+            &Patch::Merge(json!({"metadata": {"ownerReferences": null, "finalizers": null}})),
         )
         .await
         .expect("orphaning the pod");
