@@ -1,16 +1,20 @@
 //! Slim pods: what the caches keep of a pod.
 //!
-//! Most of a pod is of no use to the planner: managedFields, and the spec's containers,
-//! volumes and tolerations. [`slim_pod`] cuts a full pod down; [`WatchedPod`] decodes the
-//! same slim pod straight from the watch's JSON, whose other fields the JSON reader skips
-//! without building them (decoding full pods cost more CPU than planning did for a Job of
-//! thousands of pods).
+//! Most of a pod is of no use to the planner: managedFields, the spec's containers,
+//! volumes and tolerations, and the status's addresses, images and messages. [`slim_pod`]
+//! cuts a full pod down; [`WatchedPod`] decodes the same slim pod straight from the
+//! watch's JSON, whose other fields the JSON reader skips without building them (decoding
+//! full pods cost more CPU than planning did for a Job of thousands of pods). A finished
+//! pod stays cached until its Job is gone, so every byte kept is kept per completion.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
+    Pod, PodCondition, PodSpec, PodStatus,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::Resource;
 use serde::Deserialize;
@@ -25,7 +29,7 @@ struct Wire {
     #[serde(default)]
     spec: Option<Spec>,
     #[serde(default)]
-    status: Option<PodStatus>,
+    status: Option<Status>,
 }
 
 /// ObjectMeta without managedFields.
@@ -77,6 +81,58 @@ struct InitContainer {
     restart_policy: Option<String>,
 }
 
+/// The status fields [`slim_status`] keeps; of a container status, the JSON reader skips
+/// the image, IDs, last state and resources.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Status {
+    #[serde(default)]
+    phase: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    conditions: Option<Vec<PodCondition>>,
+    #[serde(default)]
+    container_statuses: Option<Vec<ContainerStatusWire>>,
+    #[serde(default)]
+    init_container_statuses: Option<Vec<ContainerStatusWire>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ContainerStatusWire {
+    name: String,
+    #[serde(default)]
+    restart_count: i32,
+    #[serde(default)]
+    state: Option<ContainerState>,
+}
+
+impl Status {
+    fn into_pod_status(self) -> PodStatus {
+        let containers = |list: Option<Vec<ContainerStatusWire>>| {
+            list.map(|list| {
+                list.into_iter()
+                    .map(|c| ContainerStatus {
+                        name: c.name,
+                        restart_count: c.restart_count,
+                        state: c.state,
+                        ..ContainerStatus::default()
+                    })
+                    .collect()
+            })
+        };
+        slim_status(PodStatus {
+            phase: self.phase,
+            reason: self.reason,
+            conditions: self.conditions,
+            container_statuses: containers(self.container_statuses),
+            init_container_statuses: containers(self.init_container_statuses),
+            ..PodStatus::default()
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for WatchedPod {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let Wire {
@@ -101,29 +157,34 @@ impl<'de> Deserialize<'de> for WatchedPod {
                 creation_timestamp: m.creation_timestamp,
                 deletion_grace_period_seconds: m.deletion_grace_period_seconds,
                 deletion_timestamp: m.deletion_timestamp,
-                finalizers: m.finalizers,
+                finalizers: m.finalizers.map(shrunk),
                 generate_name: m.generate_name,
                 generation: m.generation,
                 labels: m.labels,
                 name: m.name,
                 namespace: m.namespace,
-                owner_references: m.owner_references,
+                owner_references: m.owner_references.map(shrunk),
                 resource_version: m.resource_version,
                 uid: m.uid,
                 managed_fields: None,
                 self_link: None,
             },
             spec,
-            status,
+            status: status.map(Status::into_pod_status),
         }))
     }
 }
 
 /// Of a pod's spec the planner reads only the node name and which init containers are
-/// sidecars (restartPolicy Always); the rest (containers, volumes, tolerations) goes.
+/// sidecars (restartPolicy Always); the rest (containers, volumes, tolerations) goes. Of
+/// its status, see [`slim_status`].
 pub fn slim_pod(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    drop_last_applied(&mut pod.metadata.annotations);
+    let meta = &mut pod.metadata;
+    meta.managed_fields = None;
+    drop_last_applied(&mut meta.annotations);
+    meta.finalizers = meta.finalizers.take().map(shrunk);
+    meta.owner_references = meta.owner_references.take().map(shrunk);
+    pod.status = pod.status.take().map(slim_status);
     if let Some(spec) = pod.spec.take() {
         let init = spec.init_containers.into_iter().flatten();
         pod.spec = Some(slim_spec(
@@ -137,6 +198,73 @@ fn drop_last_applied(annotations: &mut Option<BTreeMap<String, String>>) {
     if let Some(a) = annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
+}
+
+/// What the planner reads of a pod's status: the phase and reason, each condition's type,
+/// status, reason and transition time, and each container's name, restart count and state
+/// (a terminated state without its message and container ID). Addresses, images, QoS
+/// class, resources and messages go.
+fn slim_status(status: PodStatus) -> PodStatus {
+    let containers = |list: Option<Vec<ContainerStatus>>| {
+        list.map(|list| {
+            shrunk(
+                list.into_iter()
+                    .map(|c| ContainerStatus {
+                        name: c.name,
+                        restart_count: c.restart_count,
+                        state: c.state.map(slim_state),
+                        ..ContainerStatus::default()
+                    })
+                    .collect(),
+            )
+        })
+    };
+    PodStatus {
+        phase: status.phase,
+        reason: status.reason,
+        conditions: status.conditions.map(|list| {
+            shrunk(
+                list.into_iter()
+                    .map(|c| PodCondition {
+                        type_: c.type_,
+                        status: c.status,
+                        reason: c.reason,
+                        last_transition_time: c.last_transition_time,
+                        ..PodCondition::default()
+                    })
+                    .collect(),
+            )
+        }),
+        container_statuses: containers(status.container_statuses),
+        init_container_statuses: containers(status.init_container_statuses),
+        ..PodStatus::default()
+    }
+}
+
+fn slim_state(state: ContainerState) -> ContainerState {
+    ContainerState {
+        running: state.running,
+        terminated: state.terminated.map(|t| ContainerStateTerminated {
+            exit_code: t.exit_code,
+            finished_at: t.finished_at,
+            reason: t.reason,
+            signal: t.signal,
+            started_at: t.started_at,
+            ..ContainerStateTerminated::default()
+        }),
+        waiting: state.waiting.map(|w| ContainerStateWaiting {
+            reason: w.reason,
+            message: None,
+        }),
+    }
+}
+
+/// A decoded list grows from empty to a capacity of at least four, so a pod's one owner
+/// reference or one container status would hold room for four (a `ContainerStatus` is
+/// 752 bytes): give the room back.
+fn shrunk<T>(mut list: Vec<T>) -> Vec<T> {
+    list.shrink_to_fit();
+    list
 }
 
 /// The node name and the sidecars of `init_containers` (name, restartPolicy).
@@ -214,11 +342,24 @@ mod tests {
         "tolerations": [{"key": "k", "operator": "Exists"}]
       },
       "status": {
-        "phase": "Failed",
-        "conditions": [{"type": "Ready", "status": "False"},
-                       {"type": "DisruptionTarget", "status": "True", "reason": "x"}],
+        "phase": "Failed", "reason": "Evicted", "message": "The node was low on memory.",
+        "hostIP": "10.0.0.1", "hostIPs": [{"ip": "10.0.0.1"}], "podIP": "10.244.0.1",
+        "podIPs": [{"ip": "10.244.0.1"}], "qosClass": "BestEffort",
+        "startTime": "2026-11-27T04:00:01Z",
+        "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted",
+                        "lastTransitionTime": "2026-11-27T04:00:30Z", "lastProbeTime": null},
+                       {"type": "DisruptionTarget", "status": "True", "reason": "x",
+                        "message": "evicted"}],
+        "initContainerStatuses": [{"name": "log", "image": "busybox", "imageID": "sha",
+                                   "ready": true, "restartCount": 1,
+                                   "state": {"running": {"startedAt": "2026-11-27T04:00:02Z"}}}],
         "containerStatuses": [{"name": "pi", "image": "perl", "imageID": "", "ready": false,
+                               "containerID": "containerd://abc", "started": false,
+                               "lastState": {"terminated": {"exitCode": 1}},
                                "restartCount": 2, "state": {"terminated": {"exitCode": 3,
+                               "reason": "Error", "message": "a long termination log",
+                               "containerID": "containerd://abc",
+                               "startedAt": "2026-11-27T04:00:02Z",
                                "finishedAt": "2026-11-27T04:00:30Z"}}}]
       }
     }"#;
@@ -235,6 +376,52 @@ mod tests {
         assert_eq!(spec.init_containers.as_ref().unwrap().len(), 1);
         assert!(spec.containers.is_empty());
         assert!(spec.volumes.is_none());
+    }
+
+    #[test]
+    fn slim_status_keeps_phase_conditions_and_container_outcomes_only() {
+        let WatchedPod(pod) = serde_json::from_str(FULL).unwrap();
+        let status = pod.status.unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Failed"));
+        assert_eq!(status.reason.as_deref(), Some("Evicted"));
+        assert!(status.message.is_none() && status.start_time.is_none());
+        assert!(status.host_ip.is_none() && status.pod_ips.is_none() && status.qos_class.is_none());
+        let conditions = status.conditions.unwrap();
+        let kept: Vec<_> = conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_deref()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("Ready", "False", Some("PodCompleted")),
+                ("DisruptionTarget", "True", Some("x"))
+            ]
+        );
+        assert!(conditions[0].last_transition_time.is_some());
+        assert!(conditions[1].message.is_none());
+        let container = &status.container_statuses.unwrap()[0];
+        assert_eq!(
+            (container.name.as_str(), container.restart_count),
+            ("pi", 2)
+        );
+        assert!(container.image.is_empty() && container.last_state.is_none());
+        let terminated = container
+            .state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (terminated.exit_code, terminated.reason.as_deref()),
+            (3, Some("Error"))
+        );
+        assert!(terminated.finished_at.is_some());
+        assert!(terminated.message.is_none() && terminated.container_id.is_none());
+        let sidecar = &status.init_container_statuses.unwrap()[0];
+        assert_eq!(sidecar.restart_count, 1);
+        assert!(sidecar.state.as_ref().unwrap().running.is_some());
     }
 
     #[test]
