@@ -46,9 +46,30 @@ export PATH="$bin:$PATH"
 mkdir -p "$dir/pids" "$dir/logs" "$dir/pki"
 rm -rf "$dir/etcd-data"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
-kcm_port=$(free_port); sched_port=$(free_port); kwok_port=$(free_port)
+# N distinct free ports below the kernel's ephemeral range: a port the kernel hands out
+# (bind to port 0) can be taken by an outgoing connection before its server binds it,
+# which happened to kube-controller-manager, the last to start.
+free_ports() {
+  python3 - "$1" <<'PY'
+import random, socket, sys
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+ports = []
+while len(ports) < int(sys.argv[1]):
+    port = random.randint(10000, low - 1) if low > 10001 else 0
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        port = s.getsockname()[1]
+    except OSError:
+        continue
+    finally:
+        s.close()
+    if port not in ports:
+        ports.append(port)
+print(*ports)
+PY
+}
+read -r etcd_port etcd_peer api_port kcm_port sched_port kwok_port < <(free_ports 6)
 echo "$api_port" >"$dir/apiserver.port"
 
 # --- certificates and identities -----------------------------------------------------
