@@ -1199,6 +1199,7 @@ Next        jobkeeper will
             BackoffRecord {
                 failures_after_last_success: 2,
                 last_failure_time: Some(at(70)),
+                last_success_time: Some(at(30)),
             }
         );
     }

@@ -14,6 +14,12 @@ pub const MAX: Duration = Duration::from_secs(600);
 
 /// The record after this sync's newly finished pods (not yet counted in the status).
 /// A success resets the count to the failures that finished after the latest success.
+///
+/// Only failures that finished after the latest success count, also when the success was
+/// counted in an earlier sync. Upstream compares the two only within one sync, which its
+/// 1 s batching of pod events usually gathers; jobkeeper syncs on each event, so a pod that
+/// failed in the same second as its Job's last success would otherwise start a 10 s
+/// backoff there.
 pub fn next_record(
     old: &BackoffRecord,
     new_succeeded: &[&Pod],
@@ -22,15 +28,20 @@ pub fn next_record(
     let mut failed_times: Vec<Timestamp> = new_failed.iter().map(|p| finish_time(p)).collect();
     failed_times.sort();
     let Some(last_success) = new_succeeded.iter().map(|p| finish_time(p)).max() else {
-        let Some(&last_failure) = failed_times.last() else {
+        let after = |t: &&Timestamp| old.last_success_time.is_none_or(|s| **t > s);
+        let counted: Vec<&Timestamp> = failed_times.iter().filter(after).collect();
+        let Some(&&last_failure) = counted.last() else {
             return old.clone();
         };
         return BackoffRecord {
-            failures_after_last_success: old.failures_after_last_success
-                + failed_times.len() as u32,
+            failures_after_last_success: old.failures_after_last_success + counted.len() as u32,
             last_failure_time: Some(last_failure),
+            last_success_time: old.last_success_time,
         };
     };
+    let last_success = old
+        .last_success_time
+        .map_or(last_success, |s| s.max(last_success));
     let after: Vec<Timestamp> = failed_times
         .into_iter()
         .filter(|t| *t > last_success)
@@ -38,6 +49,7 @@ pub fn next_record(
     BackoffRecord {
         failures_after_last_success: after.len() as u32,
         last_failure_time: after.last().copied(),
+        last_success_time: Some(last_success),
     }
 }
 
@@ -88,6 +100,46 @@ mod tests {
         for (failures, secs) in cases {
             assert_eq!(delay_for(failures), Duration::from_secs(secs), "{failures}");
         }
+    }
+
+    fn finished(phase: &str, at: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {"phase": phase, "containerStatuses": [{
+                "name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 1, "finishedAt": at}}
+            }]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_failure_counts_only_after_the_last_success_even_one_sync_later() {
+        let success = finished("Succeeded", "2026-01-01T00:00:05Z");
+        let record = next_record(&BackoffRecord::default(), &[&success], &[]);
+        assert_eq!(record.failures_after_last_success, 0);
+        // Finished in the same second as the success, seen by the next sync: not after it.
+        let same_second = finished("Failed", "2026-01-01T00:00:05Z");
+        let record = next_record(&record, &[], &[&same_second]);
+        assert_eq!(record.failures_after_last_success, 0);
+        assert_eq!(record.last_failure_time, None);
+        let later = finished("Failed", "2026-01-01T00:00:07Z");
+        let record = next_record(&record, &[], &[&later]);
+        assert_eq!(record.failures_after_last_success, 1);
+        assert_eq!(
+            record.last_failure_time,
+            Some("2026-01-01T00:00:07Z".parse().unwrap())
+        );
+        // A success in one sync with failures on both sides of it keeps the later ones.
+        let earlier = finished("Failed", "2026-01-01T00:00:08Z");
+        let success = finished("Succeeded", "2026-01-01T00:00:09Z");
+        let last = finished("Failed", "2026-01-01T00:00:10Z");
+        let record = next_record(&record, &[&success], &[&earlier, &last]);
+        assert_eq!(record.failures_after_last_success, 1);
+        assert_eq!(
+            record.last_success_time,
+            Some("2026-01-01T00:00:09Z".parse().unwrap())
+        );
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub struct Snapshot<'a> {
 pub struct BackoffRecord {
     pub failures_after_last_success: u32,
     pub last_failure_time: Option<Timestamp>,
+    /// When the latest counted success finished: a failure seen in a later sync counts only
+    /// if it finished after this.
+    pub last_success_time: Option<Timestamp>,
 }
 
 /// A pod the plan refers to by identity.

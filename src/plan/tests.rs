@@ -881,6 +881,7 @@ fn pod_backoff_delays_creation_and_requeues() {
         let b = BackoffRecord {
             failures_after_last_success: failures,
             last_failure_time: Some(t(last)),
+            ..BackoffRecord::default()
         };
         let p = plan_with(&j, &[], &[], &HashSet::new(), &b);
         if wait == 0 {
@@ -903,6 +904,7 @@ fn backoff_never_writes_active_zero_while_pods_run() {
     let b = BackoffRecord {
         failures_after_last_success: 2,
         last_failure_time: Some(t(995)),
+        ..BackoffRecord::default()
     };
     let p = plan_with(&j, &[pod("a", "Running").ready()], &[], &HashSet::new(), &b);
     let s = status_after(&j, &p);
@@ -916,6 +918,7 @@ fn a_success_resets_the_backoff_record() {
     let b = BackoffRecord {
         failures_after_last_success: 3,
         last_failure_time: Some(t(990)),
+        ..BackoffRecord::default()
     };
     let pods = [
         pod("s", "Succeeded").exit("main", 0, 995),
@@ -1085,6 +1088,7 @@ fn finished_job_only_strips_finalizers() {
     let b = BackoffRecord {
         failures_after_last_success: 2,
         last_failure_time: Some(t(1)),
+        ..BackoffRecord::default()
     };
     let p = plan_with(
         &j,
