@@ -81,8 +81,12 @@ struct InitContainer {
     restart_policy: Option<String>,
 }
 
-/// The status fields [`slim_status`] keeps; of a container status, the JSON reader skips
-/// the image, IDs, last state and resources.
+/// What the caches keep of a pod's status: the phase and reason, each condition's type,
+/// status, reason and transition time, and each container's name, restart count and state
+/// (a terminated state without its message and container ID). Addresses, images, QoS
+/// class, resources and messages go. The watch decodes only these fields (of a container
+/// status the JSON reader skips the image, IDs, last state and resources); [`slim_pod`]
+/// takes them from a full status.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Status {
@@ -93,14 +97,14 @@ struct Status {
     #[serde(default)]
     conditions: Option<Vec<PodCondition>>,
     #[serde(default)]
-    container_statuses: Option<Vec<ContainerStatusWire>>,
+    container_statuses: Option<Vec<ContainerOutcome>>,
     #[serde(default)]
-    init_container_statuses: Option<Vec<ContainerStatusWire>>,
+    init_container_statuses: Option<Vec<ContainerOutcome>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ContainerStatusWire {
+struct ContainerOutcome {
     name: String,
     #[serde(default)]
     restart_count: i32,
@@ -108,28 +112,65 @@ struct ContainerStatusWire {
     state: Option<ContainerState>,
 }
 
-impl Status {
-    fn into_pod_status(self) -> PodStatus {
-        let containers = |list: Option<Vec<ContainerStatusWire>>| {
+impl From<PodStatus> for Status {
+    fn from(s: PodStatus) -> Status {
+        let outcomes = |list: Option<Vec<ContainerStatus>>| {
             list.map(|list| {
                 list.into_iter()
-                    .map(|c| ContainerStatus {
+                    .map(|c| ContainerOutcome {
                         name: c.name,
                         restart_count: c.restart_count,
                         state: c.state,
-                        ..ContainerStatus::default()
                     })
                     .collect()
             })
         };
-        slim_status(PodStatus {
+        Status {
+            phase: s.phase,
+            reason: s.reason,
+            conditions: s.conditions,
+            container_statuses: outcomes(s.container_statuses),
+            init_container_statuses: outcomes(s.init_container_statuses),
+        }
+    }
+}
+
+impl Status {
+    fn into_pod_status(self) -> PodStatus {
+        let containers = |list: Option<Vec<ContainerOutcome>>| {
+            list.map(|list| {
+                shrunk(
+                    list.into_iter()
+                        .map(|c| ContainerStatus {
+                            name: c.name,
+                            restart_count: c.restart_count,
+                            state: c.state.map(slim_state),
+                            ..ContainerStatus::default()
+                        })
+                        .collect(),
+                )
+            })
+        };
+        PodStatus {
             phase: self.phase,
             reason: self.reason,
-            conditions: self.conditions,
+            conditions: self.conditions.map(|list| {
+                shrunk(
+                    list.into_iter()
+                        .map(|c| PodCondition {
+                            type_: c.type_,
+                            status: c.status,
+                            reason: c.reason,
+                            last_transition_time: c.last_transition_time,
+                            ..PodCondition::default()
+                        })
+                        .collect(),
+                )
+            }),
             container_statuses: containers(self.container_statuses),
             init_container_statuses: containers(self.init_container_statuses),
             ..PodStatus::default()
-        })
+        }
     }
 }
 
@@ -177,14 +218,14 @@ impl<'de> Deserialize<'de> for WatchedPod {
 
 /// Of a pod's spec the planner reads only the node name and which init containers are
 /// sidecars (restartPolicy Always); the rest (containers, volumes, tolerations) goes. Of
-/// its status, see [`slim_status`].
+/// its status, see [`Status`].
 pub fn slim_pod(pod: &mut Pod) {
     let meta = &mut pod.metadata;
     meta.managed_fields = None;
     drop_last_applied(&mut meta.annotations);
     meta.finalizers = meta.finalizers.take().map(shrunk);
     meta.owner_references = meta.owner_references.take().map(shrunk);
-    pod.status = pod.status.take().map(slim_status);
+    pod.status = pod.status.take().map(|s| Status::from(s).into_pod_status());
     if let Some(spec) = pod.spec.take() {
         let init = spec.init_containers.into_iter().flatten();
         pod.spec = Some(slim_spec(
@@ -197,47 +238,6 @@ pub fn slim_pod(pod: &mut Pod) {
 fn drop_last_applied(annotations: &mut Option<BTreeMap<String, String>>) {
     if let Some(a) = annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-}
-
-/// What the planner reads of a pod's status: the phase and reason, each condition's type,
-/// status, reason and transition time, and each container's name, restart count and state
-/// (a terminated state without its message and container ID). Addresses, images, QoS
-/// class, resources and messages go.
-fn slim_status(status: PodStatus) -> PodStatus {
-    let containers = |list: Option<Vec<ContainerStatus>>| {
-        list.map(|list| {
-            shrunk(
-                list.into_iter()
-                    .map(|c| ContainerStatus {
-                        name: c.name,
-                        restart_count: c.restart_count,
-                        state: c.state.map(slim_state),
-                        ..ContainerStatus::default()
-                    })
-                    .collect(),
-            )
-        })
-    };
-    PodStatus {
-        phase: status.phase,
-        reason: status.reason,
-        conditions: status.conditions.map(|list| {
-            shrunk(
-                list.into_iter()
-                    .map(|c| PodCondition {
-                        type_: c.type_,
-                        status: c.status,
-                        reason: c.reason,
-                        last_transition_time: c.last_transition_time,
-                        ..PodCondition::default()
-                    })
-                    .collect(),
-            )
-        }),
-        container_statuses: containers(status.container_statuses),
-        init_container_statuses: containers(status.init_container_statuses),
-        ..PodStatus::default()
     }
 }
 
