@@ -25,31 +25,28 @@ pub fn next_record(
     new_succeeded: &[&Pod],
     new_failed: &[&Pod],
 ) -> BackoffRecord {
-    let mut failed_times: Vec<Timestamp> = new_failed.iter().map(|p| finish_time(p)).collect();
-    failed_times.sort();
-    let Some(last_success) = new_succeeded.iter().map(|p| finish_time(p)).max() else {
-        let after = |t: &&Timestamp| old.last_success_time.is_none_or(|s| **t > s);
-        let counted: Vec<&Timestamp> = failed_times.iter().filter(after).collect();
-        let Some(&&last_failure) = counted.last() else {
-            return old.clone();
-        };
-        return BackoffRecord {
-            failures_after_last_success: old.failures_after_last_success + counted.len() as u32,
-            last_failure_time: Some(last_failure),
-            last_success_time: old.last_success_time,
-        };
-    };
-    let last_success = old
-        .last_success_time
-        .map_or(last_success, |s| s.max(last_success));
-    let after: Vec<Timestamp> = failed_times
-        .into_iter()
-        .filter(|t| *t > last_success)
+    let new_success = new_succeeded.iter().map(|p| finish_time(p)).max();
+    // `None` orders first: the later of the two, or whichever there is.
+    let last_success = new_success.max(old.last_success_time);
+    let mut after: Vec<Timestamp> = new_failed
+        .iter()
+        .map(|p| finish_time(p))
+        .filter(|t| last_success.is_none_or(|s| *t > s))
         .collect();
-    BackoffRecord {
-        failures_after_last_success: after.len() as u32,
-        last_failure_time: after.last().copied(),
-        last_success_time: Some(last_success),
+    after.sort();
+    let failures = after.len() as u32;
+    if new_success.is_some() {
+        BackoffRecord {
+            failures_after_last_success: failures,
+            last_failure_time: after.last().copied(),
+            last_success_time: last_success,
+        }
+    } else {
+        BackoffRecord {
+            failures_after_last_success: old.failures_after_last_success + failures,
+            last_failure_time: after.last().copied().or(old.last_failure_time),
+            last_success_time: last_success,
+        }
     }
 }
 
