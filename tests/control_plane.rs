@@ -153,3 +153,93 @@ async fn controller_identity_has_exactly_the_access_it_needs() {
         );
     }
 }
+
+/// kwok's stages honour a pod's `jobkeeper.dev/run-ms`: the pod is still Running well
+/// into its run time and finishes only after it (the default run is 1 s).
+#[tokio::test]
+async fn kwok_pod_runs_for_its_run_ms_annotation() {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use kube::ResourceExt;
+
+    const RUN_MS: i64 = 6000;
+    let env = TestEnv::without_controller("run-ms").await;
+    let mut job = kwok_job("long", None);
+    job.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .metadata
+        .as_mut()
+        .unwrap()
+        .annotations = Some(BTreeMap::from([(
+        "jobkeeper.dev/run-ms".to_string(),
+        RUN_MS.to_string(),
+    )]));
+    env.create_job(&job).await;
+    let phase = |p: &k8s_openapi::api::core::v1::Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default()
+    };
+    let started = |p: &k8s_openapi::api::core::v1::Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.start_time.clone())
+            .map(|t| t.0)
+    };
+    let pod = wait_for("the pod Running", Duration::from_secs(30), || async {
+        env.pods_of("long")
+            .await
+            .into_iter()
+            .find(|p| phase(p) == "Running" && started(p).is_some())
+    })
+    .await;
+    let start = started(&pod).unwrap();
+    // Half-way through its run time (by kwok's clock, which is this machine's), it runs.
+    let halfway = start + SignedDuration::from_millis(RUN_MS / 2);
+    let seen = wait_for("half of the run time", Duration::from_secs(30), || async {
+        if Timestamp::now() < halfway {
+            return None;
+        }
+        Some(
+            env.pods()
+                .get(&pod.name_any())
+                .await
+                .expect("reading the pod"),
+        )
+    })
+    .await;
+    assert_eq!(
+        phase(&seen),
+        "Running",
+        "the pod finished before its run-ms"
+    );
+    let done = wait_for("the pod Succeeded", Duration::from_secs(30), || async {
+        let now = env
+            .pods()
+            .get(&pod.name_any())
+            .await
+            .expect("reading the pod");
+        (phase(&now) == "Succeeded").then_some(now)
+    })
+    .await;
+    let finished = done
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.into_iter().next())
+        .and_then(|c| c.state)
+        .and_then(|s| s.terminated)
+        .and_then(|t| t.finished_at)
+        .expect("the container's finishedAt")
+        .0;
+    // Timestamps are whole seconds: allow one for the truncation.
+    let ran = finished.duration_since(start);
+    assert!(
+        ran >= SignedDuration::from_millis(RUN_MS - 1000),
+        "the pod ran {ran:?}, not its {RUN_MS} ms"
+    );
+}
