@@ -492,11 +492,11 @@ async fn release_pods_that_left_the_selector(
     }
 }
 
-/// Strips what we never read, so the caches stay small.
+/// Strips the managed fields, which we never read. Nothing else: the status write sends
+/// the cached metadata back, and the `/status` endpoint stores what it is sent (a dropped
+/// annotation would be deleted), while a write without managed fields keeps the stored ones.
 fn slim_job(job: &mut Job) {
     job.managed_fields_mut().clear();
-    job.annotations_mut()
-        .remove("kubectl.kubernetes.io/last-applied-configuration");
 }
 
 /// The pod watch decodes [`WatchedPod`]s; the caches hold the pods inside.
