@@ -14,12 +14,13 @@ use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
+use kube::core::Selector;
 use kube::{Api, Client};
 
 use crate::config::ExplainArgs;
 use crate::plan::indexed::Intervals;
 use crate::plan::{self, BackoffRecord, EventType, Plan, Snapshot, TRACKING_FINALIZER, pods};
-use crate::runtime::{CONTROLLER_UID_LABEL, Ownership, controller_of};
+use crate::runtime::{Ownership, controller_of};
 
 /// Width of the label column ("Conditions" plus two spaces).
 const LABEL: usize = 12;
@@ -45,10 +46,19 @@ pub async fn explain(client: Client, args: &ExplainArgs) -> anyhow::Result<Strin
         .await
         .with_context(|| format!("reading Job {namespace}/{name}"))?
         .ok_or_else(|| anyhow::anyhow!("Job {namespace}/{name} not found"))?;
-    let uid = job.metadata.uid.clone().unwrap_or_default();
+    // By the Job's selector: the controller-uid label for a generated selector, the
+    // author's labels for a manual one (those pods lack the controller-uid label).
+    let selector = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .map(Selector::try_from)
+        .transpose()
+        .with_context(|| format!("reading the selector of Job {namespace}/{name}"))?
+        .ok_or_else(|| anyhow::anyhow!("Job {namespace}/{name} has no selector"))?;
     let pods: Api<Pod> = Api::namespaced(client, namespace);
     let pods = pods
-        .list(&ListParams::default().labels(&format!("{CONTROLLER_UID_LABEL}={uid}")))
+        .list(&ListParams::default().labels_from(&selector))
         .await
         .with_context(|| format!("listing the pods of Job {namespace}/{name}"))?
         .items;
@@ -65,7 +75,7 @@ pub async fn explain(client: Client, args: &ExplainArgs) -> anyhow::Result<Strin
 }
 
 /// Plans one sync of `job` the way the controller would and renders it. `pods` are the
-/// pods carrying the Job's controller-uid label.
+/// pods the Job's selector matches.
 pub fn explain_job(job: &Job, pods: &[Pod], owner: &Owner, now: Timestamp) -> String {
     let job_uid = job.metadata.uid.as_deref().unwrap_or_default();
     let mut owned: Vec<&Pod> = Vec::new();
@@ -787,6 +797,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::runtime::CONTROLLER_UID_LABEL;
 
     const UID: &str = "job-uid";
     const T0: &str = "2026-01-01T00:00:00Z";

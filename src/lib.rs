@@ -12,6 +12,7 @@ pub mod plan;
 pub mod pod_decode;
 pub mod pod_index;
 pub mod runtime;
+pub mod selector_watches;
 pub mod server;
 pub mod status_batch;
 pub mod telemetry;

@@ -28,10 +28,10 @@ use crate::metrics::SharedMetrics;
 use crate::plan::{self, BackoffRecord, Snapshot};
 use crate::pod_decode::WatchedPod;
 use crate::pod_index::PodIndex;
+use crate::selector_watches::SelectorWatches;
 use crate::status_batch::{self, StatusBatcher};
 
-/// The label the apiserver puts on every Job's pods; our pod watch selects on it.
-pub const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
+pub use crate::selector_watches::CONTROLLER_UID_LABEL;
 
 /// A sync plans and applies at most this many steps before yielding to other Jobs.
 const MAX_STEPS_PER_SYNC: usize = 6;
@@ -133,6 +133,8 @@ pub struct Context {
     pub batcher: Arc<StatusBatcher>,
     /// By Job UID: when its next sync may start (see [`PLANNING_PACE`]).
     pub not_before: Mutex<HashMap<String, Instant>>,
+    /// The pod watches of manualSelector Jobs.
+    pub selector_watches: SelectorWatches,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,8 +153,14 @@ pub fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
 }
 
 /// Pods whose controller ownerReference is `job`, and orphans in its namespace that its
-/// selector matches.
-pub fn pods_of(pods: &Store<Pod>, index: &PodIndex, job: &Job) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
+/// selector matches: from the main pod cache, and for a manualSelector Job also from its
+/// own watch's store (`selected`; the two hold different pods).
+pub fn pods_of(
+    pods: &Store<Pod>,
+    index: &PodIndex,
+    selected: Option<&Store<Pod>>,
+    job: &Job,
+) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
     let uid = job.metadata.uid.as_deref().unwrap_or_default();
     let ns = job.metadata.namespace.as_deref().unwrap_or_default();
     let selector: Option<Selector> = job
@@ -160,15 +168,19 @@ pub fn pods_of(pods: &Store<Pod>, index: &PodIndex, job: &Job) -> (Vec<Arc<Pod>>
         .as_ref()
         .and_then(|s| s.selector.clone())
         .and_then(|s| Selector::try_from(s).ok());
-    let owned = index.controlled_by(pods, uid);
-    let orphans = index
-        .orphans_in(pods, ns)
-        .into_iter()
-        .filter(|pod| {
-            pod.metadata.deletion_timestamp.is_none()
-                && selector.as_ref().is_some_and(|s| s.matches(pod.labels()))
-        })
-        .collect();
+    let mut owned = index.controlled_by(pods, uid);
+    let mut orphans = index.orphans_in(pods, ns);
+    for pod in selected.map(Store::state).unwrap_or_default() {
+        match controller_of(&pod) {
+            Some(o) if o.uid == uid => owned.push(pod),
+            Some(_) => {}
+            None => orphans.push(pod),
+        }
+    }
+    orphans.retain(|pod| {
+        pod.metadata.deletion_timestamp.is_none()
+            && selector.as_ref().is_some_and(|s| s.matches(pod.labels()))
+    });
     (owned, orphans)
 }
 
@@ -220,6 +232,11 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, SyncError
 /// `planning`.
 async fn sync(job: Arc<Job>, ctx: &Context, planning: &mut Duration) -> Result<Action, SyncError> {
     let job_ref = ObjectRef::from_obj(&*job);
+    // A manualSelector Job's pods are in a watch of its own; never plan before it listed.
+    let Ok(selected) = ctx.selector_watches.pods_store(&job).await else {
+        debug!(job = %job_ref, "the Job's selector watch has not listed yet");
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    };
     let mut fresh: Option<Arc<Job>> = None;
     for _ in 0..MAX_STEPS_PER_SYNC {
         let planning_started = Instant::now();
@@ -227,7 +244,7 @@ async fn sync(job: Arc<Job>, ctx: &Context, planning: &mut Duration) -> Result<A
             Some(j) if j.uid() == job.uid() => j,
             _ => return Ok(Action::await_change()),
         };
-        let (owned, orphans) = pods_of(&ctx.pods, &ctx.pod_index, &cached);
+        let (owned, orphans) = pods_of(&ctx.pods, &ctx.pod_index, selected.as_ref(), &cached);
         let view = ctx.expectations.view(cached, owned, &orphans);
         let uid = view.job.uid().unwrap_or_default();
         let backoff = ctx
@@ -401,7 +418,14 @@ async fn release_pods_of_deleted_jobs(
         let uid = job.uid().unwrap_or_default();
         let ns = job.namespace().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-        let owned = ctx.pod_index.controlled_by(&ctx.pods, &uid);
+        let mut owned = ctx.pod_index.controlled_by(&ctx.pods, &uid);
+        owned.extend(
+            ctx.selector_watches
+                .cached_pods(&uid)
+                .into_iter()
+                .filter(|p| controller_of(p).is_some_and(|o| o.uid == uid)),
+        );
+        ctx.selector_watches.stop(&uid);
         let holding: Vec<_> = owned
             .iter()
             .filter(|p| execute::has_tracking_finalizer(p))
@@ -500,7 +524,7 @@ fn slim_job(job: &mut Job) {
 }
 
 /// The pod watch decodes [`WatchedPod`]s; the caches hold the pods inside.
-fn unwrap_watched(event: Event<WatchedPod>) -> Event<Pod> {
+pub(crate) fn unwrap_watched(event: Event<WatchedPod>) -> Event<Pod> {
     match event {
         Event::Apply(p) => Event::Apply(p.0),
         Event::Delete(p) => Event::Delete(p.0),
@@ -591,12 +615,25 @@ pub fn controller(
 
     let pending = Pending::new(metrics.queue_depth.clone());
     let (deleted_tx, deleted_rx) = mpsc::unbounded_channel();
+    let (left_tx, left_rx) = mpsc::unbounded_channel();
+    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
+    let selector_watches = SelectorWatches::new(client.clone(), wake_tx, left_tx.clone());
     let managed_jobs = metrics.managed_jobs.clone();
     let job_events = watcher(jobs_api, watcher::Config::default())
         .default_backoff()
         .filter_map(ours_only(config.ownership.clone(), deleted_tx))
         .modify(slim_job)
         .reflect(job_writer)
+        .inspect({
+            // A Job deleted while the watch was down leaves no Delete event behind.
+            let watches = selector_watches.clone();
+            let jobs = job_store.clone();
+            move |event| {
+                if let Ok(Event::InitDone) = event {
+                    watches.retain_jobs_in(&jobs);
+                }
+            }
+        })
         .applied_objects()
         .inspect({
             let pending = pending.clone();
@@ -610,7 +647,6 @@ pub fn controller(
             }
         });
     let pod_index = PodIndex::default();
-    let (left_tx, left_rx) = mpsc::unbounded_channel();
     let pod_events = watcher(
         pods_api,
         watcher::Config::default().labels(CONTROLLER_UID_LABEL),
@@ -675,6 +711,7 @@ pub fn controller(
             config.status_gauge_delay,
         )),
         not_before: Mutex::default(),
+        selector_watches,
     });
     let jobs_for_mapper = job_store.clone();
     let release = release_pods_that_left_the_selector(client.clone(), job_store.clone(), left_rx);
@@ -692,6 +729,10 @@ pub fn controller(
                 jobs
             }
         })
+        .reconcile_on(wake_rx.inspect({
+            let pending = pending.clone();
+            move |job| pending.add(job.clone())
+        }))
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

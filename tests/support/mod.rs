@@ -330,14 +330,26 @@ impl TestEnv {
         self.job(name).await.status.unwrap_or_default()
     }
 
-    /// The Job's pods (by its job-name label), oldest first, then by index and name.
+    /// The Job's pods (by its job-name label, or for a manualSelector Job, whose pods lack
+    /// that label, by their controller), oldest first, then by index and name.
     pub async fn pods_of(&self, job: &str) -> Vec<Pod> {
-        let mut pods = self
+        let mut pods: Vec<Pod> = self
             .pods()
-            .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+            .list(&ListParams::default())
             .await
             .expect("listing pods")
-            .items;
+            .items
+            .into_iter()
+            .filter(|p| {
+                p.labels()
+                    .get("batch.kubernetes.io/job-name")
+                    .map(String::as_str)
+                    == Some(job)
+                    || p.owner_references()
+                        .iter()
+                        .any(|o| o.controller == Some(true) && o.kind == "Job" && o.name == job)
+            })
+            .collect();
         pods.sort_by_key(|p| {
             (
                 index_of(p).unwrap_or(u32::MAX),
