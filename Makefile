@@ -6,7 +6,7 @@ KUBECTL = $$(tests/cluster/build.sh)/kubectl --kubeconfig $(KUBECONFIG_ADMIN)
 IMAGE ?= jobkeeper:dev
 
 .PHONY: all build release test unit lint integration run cluster-up cluster-down \
-        control-plane bench docker-build docker-lint deploy undeploy clean
+        control-plane bench docker-build docker-lint manifests deploy undeploy clean
 
 all: build
 
@@ -64,6 +64,13 @@ docker-build:
 
 docker-lint:
 	tests/lint-dockerfile.sh
+
+## deploy/jobkeeper.yaml, the one-file install (`kubectl apply -f deploy/`), is the
+## kustomization rendered; tests/deploy.rs fails when the two differ.
+manifests:
+	@{ echo "# jobkeeper, all in one file: kubectl apply -f deploy/   (or: kubectl apply -k deploy/)"; \
+	   echo "# Rendered from deploy/Kustomization by 'make manifests'; edit deploy/base/, not this file."; \
+	   $(KUBECTL) kustomize deploy/; } >deploy/jobkeeper.yaml
 
 deploy:
 	kubectl apply -k deploy/

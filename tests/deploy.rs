@@ -106,6 +106,38 @@ fn deploy_applies_with_a_server_side_dry_run() {
     }
 }
 
+/// A manifest file as a list of objects, in kubectl's JSON.
+fn objects_in(file: &str) -> Vec<Value> {
+    let json = ok(
+        &kubectl(
+            &["create", "--dry-run=client", "-o", "json", "-f", file],
+            None,
+        ),
+        "reading the manifests",
+    );
+    serde_json::Deserializer::from_str(&json)
+        .into_iter::<Value>()
+        .map(|v| v.expect("kubectl JSON"))
+        .collect()
+}
+
+/// `kubectl apply -f deploy/` (no kustomize) installs the same objects as `-k deploy/`:
+/// the one-file install is the kustomization rendered, and nothing else in deploy/ is a
+/// file kubectl would read.
+#[test]
+fn one_file_install_is_the_rendered_kustomization() {
+    assert_eq!(
+        objects_in("deploy/jobkeeper.yaml"),
+        render("deploy/"),
+        "deploy/jobkeeper.yaml is stale: run `make manifests`"
+    );
+    let out = ok(
+        &kubectl(&["apply", "-f", "deploy/", "--dry-run=server"], None),
+        "kubectl apply -f deploy/ --dry-run=server",
+    );
+    assert!(out.contains("deployment.apps/jobkeeper"), "{out}");
+}
+
 #[test]
 fn deployment_pod_passes_the_restricted_pod_security_level() {
     let objects = render("deploy/");
