@@ -34,6 +34,20 @@ if have_all; then
   echo "$bin"
   exit 0
 fi
+if [ "$mode" = node ]; then
+  # versions.env names the cache folder and the version strings; the wrapper modules'
+  # go.mod pick what is built. They must agree.
+  pinned() { (cd "$here/gomod/$1" && go list -m -f '{{.Version}}' "$2"); }
+  for check in "kubernetes k8s.io/kubernetes $KUBERNETES_VERSION" \
+    "containerd github.com/containerd/containerd/v2 $CONTAINERD_VERSION" \
+    "runc github.com/opencontainers/runc $RUNC_VERSION"; do
+    read -r dir module version <<<"$check"
+    if [ "$(pinned "$dir" "$module")" != "$version" ]; then
+      echo "gomod/$dir requires $module $(pinned "$dir" "$module"), versions.env says $version" >&2
+      exit 1
+    fi
+  done
+fi
 mkdir -p "$bin"
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 start=$(date +%s)
