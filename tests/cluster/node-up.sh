@@ -36,7 +36,7 @@ echo "$dir" >"$owner"
 need=()
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 command -v iptables >/dev/null || need+=(iptables)
-command -v conntrack >/dev/null || need+=(conntrack)  # kube-proxy clears stale UDP flows
+# (No conntrack tool: kube-proxy 1.37 clears stale flows over netlink itself.)
 command -v umoci >/dev/null || need+=(umoci)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]}"
@@ -45,6 +45,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 nodebin=$("$here/build.sh" node)
+# up.sh ran down.sh first, which unmounts everything under DIR/node; rm must not cross a mount.
+if findmnt -rn -o TARGET | grep -qF "$node/"; then
+  say "mounts left under $node; run tests/cluster/down.sh $dir"
+  exit 1
+fi
 rm -rf "$node"
 mkdir -p "$node"/{containerd,state,kubelet,pod-logs,cni-conf,cni-ipam,runc,images}
 echo "$nodebin" >"$node/bin"  # for node-down.sh, which must not build anything
