@@ -2,6 +2,10 @@
 #
 #   docker build -t jobkeeper:dev .
 #
+# Without a Docker engine, `make image` builds the same image (a static glibc build instead
+# of musl, see tests/cluster/jobkeeper-image.sh) with the final stage's config taken from
+# tests/cluster/images/jobkeeper.spec; tests/deploy.rs fails when the two disagree.
+#
 # The dependency layer is built from Cargo.toml and Cargo.lock alone, so editing src/
 # rebuilds only the jobkeeper crate.
 

@@ -6,7 +6,8 @@ KUBECTL = $$(tests/cluster/build.sh)/kubectl --kubeconfig $(KUBECONFIG_ADMIN)
 IMAGE ?= jobkeeper:dev
 
 .PHONY: all build release test unit lint integration run cluster-up cluster-down \
-        control-plane bench docker-build docker-lint manifests deploy undeploy clean
+        control-plane node image image-load bench docker-build docker-lint manifests deploy \
+        undeploy clean
 
 all: build
 
@@ -21,6 +22,13 @@ release:
 control-plane:
 	@tests/cluster/build.sh
 
+## Builds (or reuses) the real node's kubelet, kube-proxy, containerd and runc in
+## ~/.cache/jobkeeper/node-*: `REAL_NODE=1 make cluster-up` runs them.
+node:
+	@tests/cluster/build.sh node
+
+## REAL_NODE=1 make cluster-up: also a real node (containerd, kubelet, kube-proxy) next to
+## the kwok nodes; needs root. `make cluster-down` removes all of it.
 cluster-up:
 	@tests/cluster/up.sh $(CLUSTER_DIR)
 
@@ -58,6 +66,18 @@ run: cluster-up
 bench: control-plane
 	cargo build --release --bin jobkeeper --bin jobkeeper-bench
 	$${CARGO_TARGET_DIR:-target}/release/jobkeeper-bench $(BENCH_ARGS)
+
+## jobkeeper's image without a Docker engine: a static binary and the config in
+## tests/cluster/images/jobkeeper.spec (the Dockerfile's final stage; tests/deploy.rs keeps
+## them equal), as an OCI archive. `make image-load` imports it into the real node of
+## $(CLUSTER_DIR) as docker.io/library/$(IMAGE), as `kind load docker-image` would.
+IMAGE_ARCHIVE ?= $${CARGO_TARGET_DIR:-target}/image/jobkeeper.tar
+image:
+	tests/cluster/jobkeeper-image.sh $(IMAGE_ARCHIVE) $(IMAGE)
+
+image-load:
+	@[ -f $(IMAGE_ARCHIVE) ] || { echo "no $(IMAGE_ARCHIVE): run make image first" >&2; exit 1; }
+	tests/cluster/load-image.sh $(CLUSTER_DIR) $(IMAGE_ARCHIVE) $(IMAGE)
 
 docker-build:
 	docker build -t $(IMAGE) .

@@ -320,6 +320,220 @@ fn dockerfile_passes_hadolint() {
     );
 }
 
+/// The Dockerfile's logical lines (continuations joined, comments and blank lines dropped).
+fn dockerfile_lines(text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for raw in text.lines() {
+        let line = raw.trim();
+        // Comment lines inside a continuation are dropped too, as Docker does.
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(line);
+                lines.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    lines
+}
+
+/// Shell-like words: whitespace separates, double quotes group, a backslash escapes.
+fn words(text: &str) -> Vec<String> {
+    let (mut out, mut word, mut quoted, mut in_word) = (Vec::new(), String::new(), false, false);
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    out.push(std::mem::take(&mut word));
+                }
+                in_word = false;
+                continue;
+            }
+            c => word.push(c),
+        }
+        in_word = true;
+    }
+    if in_word {
+        out.push(word);
+    }
+    out
+}
+
+/// The image config the Dockerfile's final stage sets, in the OCI config's field names.
+/// Instructions that would set config this test does not compare make it fail, so a new
+/// one cannot slip past it.
+fn dockerfile_final_stage_config() -> Value {
+    let text = std::fs::read_to_string(repo_root().join("Dockerfile")).expect("Dockerfile");
+    let lines = dockerfile_lines(&text);
+    let from = lines
+        .iter()
+        .rposition(|l| l.to_ascii_uppercase().starts_with("FROM "))
+        .expect("a FROM in the Dockerfile");
+    let mut config = serde_json::Map::new();
+    let (mut labels, mut ports, mut env) = (serde_json::Map::new(), serde_json::Map::new(), vec![]);
+    for line in &lines[from + 1..] {
+        let (instruction, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let rest = rest.trim();
+        let exec_form = |what: &str| -> Value {
+            serde_json::from_str(rest)
+                .unwrap_or_else(|e| panic!("{what} must be in exec (JSON) form: {rest}: {e}"))
+        };
+        match instruction.to_ascii_uppercase().as_str() {
+            "LABEL" | "ENV" => {
+                for pair in words(rest) {
+                    let (key, value) = pair.split_once('=').expect("KEY=VALUE");
+                    if instruction.eq_ignore_ascii_case("LABEL") {
+                        labels.insert(key.to_string(), json!(value));
+                    } else {
+                        env.push(json!(format!("{key}={value}")));
+                    }
+                }
+            }
+            "USER" => {
+                config.insert("User".into(), json!(rest));
+            }
+            "WORKDIR" => {
+                config.insert("WorkingDir".into(), json!(rest));
+            }
+            "EXPOSE" => {
+                for port in rest.split_whitespace() {
+                    let port = if port.contains('/') {
+                        port.to_string()
+                    } else {
+                        format!("{port}/tcp")
+                    };
+                    ports.insert(port, json!({}));
+                }
+            }
+            "ENTRYPOINT" => {
+                config.insert("Entrypoint".into(), exec_form("ENTRYPOINT"));
+            }
+            "CMD" => {
+                config.insert("Cmd".into(), exec_form("CMD"));
+            }
+            // The filesystem, not the config.
+            "COPY" | "ADD" | "RUN" | "ARG" => {}
+            other => panic!(
+                "the Dockerfile's final stage has {other}, which tests/cluster/images/jobkeeper.spec \
+                 and this test do not cover yet"
+            ),
+        }
+    }
+    for (key, value) in [("Labels", labels), ("ExposedPorts", ports)] {
+        if !value.is_empty() {
+            config.insert(key.into(), Value::Object(value));
+        }
+    }
+    if !env.is_empty() {
+        config.insert("Env".into(), Value::Array(env));
+    }
+    Value::Object(config)
+}
+
+/// The config of the one image in an OCI archive, read as the OCI layout spells it out:
+/// index.json -> manifest -> config blob.
+fn oci_archive_config(archive: &std::path::Path) -> Value {
+    let dir = std::env::temp_dir().join(format!(
+        "jobkeeper-image-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = Command::new("tar")
+        .arg("-xf")
+        .arg(archive)
+        .arg("-C")
+        .arg(&dir)
+        .status()
+        .expect("running tar");
+    assert!(status.success(), "unpacking {}", archive.display());
+    let read = |path: &str| -> Value {
+        let text =
+            std::fs::read_to_string(dir.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    let blob = |digest: &Value| format!("blobs/{}", digest.as_str().unwrap().replacen(':', "/", 1));
+    let index = read("index.json");
+    let manifests = index["manifests"].as_array().expect("manifests");
+    assert_eq!(manifests.len(), 1, "{index}");
+    let manifest = read(&blob(&manifests[0]["digest"]));
+    let config = read(&blob(&manifest["config"]["digest"]));
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(config["os"], "linux");
+    assert_eq!(config["architecture"], "amd64");
+    config["config"].clone()
+}
+
+/// `make image` packs tests/cluster/images/jobkeeper.spec with tests/cluster/oci-image.sh;
+/// the Dockerfile states the same config for `docker build`. Pack the spec the same way
+/// (over a placeholder root filesystem, to leave the release build out) and compare the
+/// result with the Dockerfile's final stage. JOBKEEPER_IMAGE_ARCHIVE names an archive
+/// `make image` built, to check that one as well.
+#[test]
+fn image_config_matches_the_dockerfile() {
+    // The config fields a Dockerfile instruction sets (see dockerfile_final_stage_config).
+    const COMPARED: [&str; 7] = [
+        "User",
+        "Entrypoint",
+        "Cmd",
+        "ExposedPorts",
+        "Labels",
+        "Env",
+        "WorkingDir",
+    ];
+    let expected = dockerfile_final_stage_config();
+    for field in &COMPARED[..5] {
+        assert!(
+            expected.get(field).is_some(),
+            "the Dockerfile sets no {field}?"
+        );
+    }
+    let work = std::env::temp_dir().join(format!("jobkeeper-spec-{}", std::process::id()));
+    let rootfs = work.join("rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    std::fs::write(rootfs.join("jobkeeper"), "placeholder").unwrap();
+    let archive = work.join("image.tar");
+    let out = Command::new(repo_root().join("tests/cluster/oci-image.sh"))
+        .arg(repo_root().join("tests/cluster/images/jobkeeper.spec"))
+        .arg(&rootfs)
+        .arg("jobkeeper:dev")
+        .arg(&archive)
+        .output()
+        .expect("running tests/cluster/oci-image.sh");
+    ok(&out, "tests/cluster/oci-image.sh");
+    let mut archives = vec![archive];
+    if let Some(built) = std::env::var_os("JOBKEEPER_IMAGE_ARCHIVE") {
+        archives.push(built.into());
+    }
+    for archive in &archives {
+        let mut actual = oci_archive_config(archive);
+        actual
+            .as_object_mut()
+            .unwrap()
+            .retain(|k, _| COMPARED.contains(&k.as_str()));
+        assert_eq!(
+            actual,
+            expected,
+            "{} differs from the Dockerfile",
+            archive.display()
+        );
+    }
+    std::fs::remove_dir_all(&work).ok();
+}
+
 /// The sample Jobs, run by jobkeeper under the identity `deploy/`'s RBAC binds and nothing
 /// more: they finish as their comments promise, so the ClusterRole is sufficient.
 #[tokio::test]

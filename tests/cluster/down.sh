@@ -4,6 +4,9 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 dir=${1:-$(cd "$here/../.." && pwd)/.cluster}
+# A real node (REAL_NODE=1) first: its kubelet must stop before the apiserver, and its
+# cleanup needs containerd still running.
+[ -d "$dir/node" ] && "$here/node-down.sh" "$dir"
 [ -d "$dir/pids" ] || exit 0
 stop_all() { # signal
   for f in "$dir"/pids/*; do

@@ -11,6 +11,12 @@
 #   KCM_CONTROLLERS=...     kube-controller-manager --controllers (default: what kind runs)
 #   KCM_EXTRA_ARGS / APISERVER_EXTRA_ARGS   extra flags, e.g. for the benchmark
 #   AUDIT=1                 write a Metadata-level audit log to DIR/audit.log
+#   REAL_NODE=1             also run a real node here (containerd, kubelet, kube-proxy; see
+#                           node-up.sh): pods pinned to it with the node label
+#                           jobkeeper.dev/real-node=true run real containers. Needs root.
+#                           kube-apiserver then listens on all addresses and advertises
+#                           eth0's (NODE_IP overrides), so pods reach it through the
+#                           `kubernetes` Service.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -25,6 +31,15 @@ controllers=${KCM_CONTROLLERS:-*,bootstrapsigner,tokencleaner}
 
 admin="$dir/admin.kubeconfig"
 say() { echo "cluster: $*" >&2; }
+real_node=${REAL_NODE:-0}
+if [ "$real_node" = 1 ]; then
+  # The node's address: pods reach the apiserver there, and the kubelet registers it.
+  node_ip=${NODE_IP:-$(ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1 | head -n1)}
+  if [ -z "$node_ip" ]; then
+    say "REAL_NODE=1: no IPv4 address on eth0; set NODE_IP"
+    exit 1
+  fi
+fi
 
 running() { # name
   local pid
@@ -33,7 +48,8 @@ running() { # name
 }
 
 if [ -f "$admin" ] && running etcd && running kube-apiserver && running kube-controller-manager \
-  && running kube-scheduler && running kwok; then
+  && running kube-scheduler && running kwok \
+  && { [ "$real_node" != 1 ] || { running containerd && running kubelet && running kube-proxy; }; }; then
   say "already running in $dir"
   echo "export KUBECONFIG=$admin"
   exit 0
@@ -49,8 +65,9 @@ rm -rf "$dir/etcd-data"
 # N distinct free ports below the kernel's ephemeral range: a port the kernel hands out
 # (bind to port 0) can be taken by an outgoing connection before its server binds it,
 # which happened to kube-controller-manager, the last to start.
-free_ports() {
-  python3 - "$1" <<'PY'
+# With a real node the apiserver listens on all addresses, so the ports are checked there.
+free_ports() { # count
+  python3 - "$1" "$([ "$real_node" = 1 ] && echo 0.0.0.0 || echo 127.0.0.1)" <<'PY'
 import random, socket, sys
 low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
 ports = []
@@ -58,7 +75,7 @@ while len(ports) < int(sys.argv[1]):
     port = random.randint(10000, low - 1) if low > 10001 else 0
     s = socket.socket()
     try:
-        s.bind(("127.0.0.1", port))
+        s.bind((sys.argv[2], port))
         port = s.getsockname()[1]
     except OSError:
         continue
@@ -69,21 +86,35 @@ while len(ports) < int(sys.argv[1]):
 print(*ports)
 PY
 }
-read -r etcd_port etcd_peer api_port kcm_port sched_port kwok_port < <(free_ports 6)
+if [ "$real_node" = 1 ]; then
+  read -r etcd_port etcd_peer api_port kcm_port sched_port kwok_port \
+    kubelet_port kubelet_healthz_port proxy_healthz_port proxy_metrics_port < <(free_ports 10)
+else
+  read -r etcd_port etcd_peer api_port kcm_port sched_port kwok_port < <(free_ports 6)
+fi
 echo "$api_port" >"$dir/apiserver.port"
 
 # --- certificates and identities -----------------------------------------------------
 pki="$dir/pki"
-if [ ! -f "$pki/serving.crt" ]; then
+san='subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc'
+if [ "$real_node" = 1 ]; then
+  # Pods dial the apiserver at the kubernetes Service's ClusterIP (the first address of the
+  # Service range), which kube-proxy forwards to the node's address.
+  san+=",IP:$node_ip,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default"
+fi
+if [ ! -f "$pki/ca.crt" ]; then
   openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=jobkeeper-local-ca" \
     -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
-  openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
-    -keyout "$pki/serving.key" -out "$pki/serving.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n' >"$pki/san.ext"
-  openssl x509 -req -in "$pki/serving.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
-    -CAcreateserial -days 3650 -extfile "$pki/san.ext" -out "$pki/serving.crt" 2>/dev/null
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+fi
+# (Re)issued when the names it must carry change, e.g. a folder reused with REAL_NODE=1.
+if [ ! -f "$pki/serving.crt" ] || [ "$(cat "$pki/san.ext" 2>/dev/null)" != "$san" ]; then
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+    -keyout "$pki/serving.key" -out "$pki/serving.csr" 2>/dev/null
+  printf '%s\n' "$san" >"$pki/san.ext"
+  openssl x509 -req -in "$pki/serving.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+    -CAcreateserial -days 3650 -extfile "$pki/san.ext" -out "$pki/serving.crt" 2>/dev/null
 fi
 token() { openssl rand -hex 16; }
 if [ ! -f "$pki/tokens.csv" ]; then
@@ -98,6 +129,10 @@ if [ ! -f "$pki/tokens.csv" ]; then
     echo "$(token),system:serviceaccount:jobkeeper-system:jobkeeper,jobkeeper,\"system:serviceaccounts,system:serviceaccounts:jobkeeper-system,system:authenticated\""
     echo "$(token),system:serviceaccount:jobkeeper-system:jobkeeper-bench-ceiling,ceiling,\"system:masters\""
   } >"$pki/tokens.csv"
+fi
+if [ "$real_node" = 1 ] && ! grep -q ',system:kube-proxy,' "$pki/tokens.csv"; then
+  # The built-in system:node-proxier binding grants this user what kube-proxy reads.
+  echo "$(token),system:kube-proxy,kube-proxy,\"\"" >>"$pki/tokens.csv"
 fi
 token_of() { grep ",$1," "$pki/tokens.csv" | cut -d, -f1; }
 
@@ -167,17 +202,33 @@ AP
   audit_args=(--audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/audit.log"
     --audit-log-format json --audit-log-mode batch --audit-log-maxsize 0)
 fi
+api_args=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --endpoint-reconciler-type none)
+if [ "$real_node" = 1 ]; then
+  # Pods reach the apiserver at the node's address (the `kubernetes` Service's endpoint,
+  # which the lease reconciler publishes), the admin tools still at 127.0.0.1. It dials
+  # kubelets at their InternalIP (there is no DNS for node names), checks their serving
+  # certs against the cluster CA and authenticates with its own client cert.
+  openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+    -keyout "$pki/apiserver-kubelet-client.key" -out "$pki/apiserver-kubelet-client.csr" 2>/dev/null
+  echo "extendedKeyUsage=clientAuth" >"$pki/client.ext"
+  openssl x509 -req -in "$pki/apiserver-kubelet-client.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+    -CAcreateserial -days 3650 -extfile "$pki/client.ext" -out "$pki/apiserver-kubelet-client.crt" 2>/dev/null
+  api_args=(--bind-address 0.0.0.0 --advertise-address "$node_ip" --endpoint-reconciler-type lease
+    --kubelet-preferred-address-types InternalIP --kubelet-certificate-authority "$pki/ca.crt"
+    --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt"
+    --kubelet-client-key "$pki/apiserver-kubelet-client.key"
+    --enable-admission-plugins NodeRestriction)
+fi
 # shellcheck disable=SC2086
 start kube-apiserver kube-apiserver \
   --etcd-servers "http://127.0.0.1:$etcd_port" \
-  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+  "${api_args[@]}" --secure-port "$api_port" \
   --tls-cert-file "$pki/serving.crt" --tls-private-key-file "$pki/serving.key" \
   --client-ca-file "$pki/ca.crt" --token-auth-file "$pki/tokens.csv" \
   --authorization-mode Node,RBAC \
   --service-account-issuer https://kubernetes.default.svc \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
   --service-cluster-ip-range 10.96.0.0/16 --allow-privileged \
-  --endpoint-reconciler-type none \
   --cert-dir "$dir/pki/apiserver" \
   "${audit_args[@]}" ${APISERVER_EXTRA_ARGS:-}
 ready() { curl -sf --cacert "$pki/ca.crt" -H "Authorization: Bearer $(token_of admin)" \
@@ -232,5 +283,9 @@ fi
 nodes_ready() { [ "$(k get nodes -l type=kwok -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True)" -ge "$nodes" ]; }
 wait_for kwok 60 nodes_ready
 wait_for kube-controller-manager 60 k get serviceaccount default -n default
-say "up in $dir (apiserver https://127.0.0.1:$api_port, $nodes kwok node(s))"
+if [ "$real_node" = 1 ]; then
+  # shellcheck source=node-up.sh
+  source "$here/node-up.sh"
+fi
+say "up in $dir (apiserver https://127.0.0.1:$api_port, $nodes kwok node(s)$([ "$real_node" = 1 ] && echo ", real node $node_name"))"
 echo "export KUBECONFIG=$admin"
