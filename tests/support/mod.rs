@@ -4,6 +4,7 @@
 //! upstream's Job integration tests do.
 #![allow(dead_code)]
 
+pub mod real;
 pub mod twins;
 
 use std::collections::BTreeMap;
@@ -116,7 +117,12 @@ impl Controller {
     }
 
     pub fn start_with_kubeconfig(namespace: &str, kubeconfig: &Path, extra: &[&str]) -> Controller {
-        let log = cluster_dir().join(format!("logs/jobkeeper-{namespace}-{}.log", free_port()));
+        Self::start_in(cluster_dir(), namespace, kubeconfig, extra)
+    }
+
+    /// A controller for the control plane in `dir` (its log goes to `dir/logs`).
+    pub fn start_in(dir: &Path, namespace: &str, kubeconfig: &Path, extra: &[&str]) -> Controller {
+        let log = dir.join(format!("logs/jobkeeper-{namespace}-{}.log", free_port()));
         let metrics_port = free_port();
         let health_port = free_port();
         let out = File::create(&log).expect("controller log");
@@ -234,6 +240,8 @@ pub struct TestEnv {
     pub client: Client,
     pub ns: String,
     pub controller: Option<Controller>,
+    /// The control plane's folder.
+    pub cluster: &'static Path,
 }
 
 impl TestEnv {
@@ -245,7 +253,26 @@ impl TestEnv {
     }
 
     pub async fn without_controller(name: &str) -> TestEnv {
-        let client = admin_client().await;
+        Self::without_controller_in(cluster_dir(), name).await
+    }
+
+    /// A namespace on the real-node control plane ([`real::real_cluster_dir`]) and a
+    /// jobkeeper process (out of cluster, as the controller's identity) for it.
+    pub async fn on_real_node(name: &str) -> TestEnv {
+        let dir = real::real_cluster_dir();
+        let mut env = Self::without_controller_in(dir, name).await;
+        env.controller = Some(Controller::start_in(
+            dir,
+            &env.ns,
+            &dir.join("jobkeeper.kubeconfig"),
+            &[],
+        ));
+        env
+    }
+
+    /// A namespace on the control plane in `dir`, no controller.
+    pub async fn without_controller_in(dir: &'static Path, name: &str) -> TestEnv {
+        let client = client_for(&dir.join("admin.kubeconfig")).await;
         let ns = format!(
             "{}-{:06x}",
             name.replace('_', "-"),
@@ -277,6 +304,7 @@ impl TestEnv {
             client,
             ns,
             controller: None,
+            cluster: dir,
         }
     }
 
@@ -542,7 +570,7 @@ impl Drop for TestEnv {
         // Best effort, in the background: the namespace controller cleans up.
         Command::new(cluster_bin("kubectl"))
             .arg("--kubeconfig")
-            .arg(cluster_dir().join("admin.kubeconfig"))
+            .arg(self.cluster.join("admin.kubeconfig"))
             .args(["delete", "namespace", &self.ns, "--wait=false"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
