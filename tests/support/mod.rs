@@ -242,7 +242,13 @@ pub struct TestEnv {
     pub controller: Option<Controller>,
     /// The control plane's folder.
     pub cluster: &'static Path,
+    /// The `spec.managedBy` this test's controller owns ([`MANAGED_BY`], except on the
+    /// real node, where jobkeeper's own Deployment may be running and owns that one).
+    pub managed_by: &'static str,
 }
+
+/// What the out-of-cluster controllers of the real-node tests own.
+pub const REAL_NODE_TEST_MANAGED_BY: &str = "jobkeeper.dev/real-node-test";
 
 impl TestEnv {
     /// A namespace and a jobkeeper controller for it.
@@ -261,11 +267,12 @@ impl TestEnv {
     pub async fn on_real_node(name: &str) -> TestEnv {
         let dir = real::real_cluster_dir();
         let mut env = Self::without_controller_in(dir, name).await;
+        env.managed_by = REAL_NODE_TEST_MANAGED_BY;
         env.controller = Some(Controller::start_in(
             dir,
             &env.ns,
             &dir.join("jobkeeper.kubeconfig"),
-            &[],
+            &["--managed-by", REAL_NODE_TEST_MANAGED_BY],
         ));
         env
     }
@@ -305,6 +312,7 @@ impl TestEnv {
             ns,
             controller: None,
             cluster: dir,
+            managed_by: MANAGED_BY,
         }
     }
 

@@ -61,7 +61,7 @@ impl<'a> Twins<'a> {
         shape: impl Fn(&mut Job),
     ) -> Twins<'a> {
         let names = [format!("{name}-ours"), format!("{name}-ref")];
-        for (job_name, managed_by) in names.iter().zip([Some(MANAGED_BY), None]) {
+        for (job_name, managed_by) in names.iter().zip([Some(env.managed_by), None]) {
             let mut job = base(job_name, managed_by);
             shape(&mut job);
             env.create_job(&job).await;
