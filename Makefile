@@ -5,7 +5,7 @@ KUBECONFIG_ADMIN := $(CLUSTER_DIR)/admin.kubeconfig
 KUBECTL = $$(tests/cluster/build.sh)/kubectl --kubeconfig $(KUBECONFIG_ADMIN)
 IMAGE ?= jobkeeper:dev
 
-.PHONY: all build release test unit lint integration run cluster-up cluster-down \
+.PHONY: all build release test unit lint integration run run-local cluster-up cluster-down \
         control-plane node image image-load bench docker-build docker-lint manifests deploy \
         undeploy clean
 
@@ -51,10 +51,15 @@ integration: control-plane
 
 test: lint unit integration
 
-## Starts the local control plane, runs the controller against it with the controller's
-## own identity, and applies the sample Jobs. Ctrl-C stops the controller; the cluster
-## stays up until `make cluster-down`.
-run: cluster-up
+## jobkeeper as users run it: a cluster with a real node (root; no kwok node), the image
+## built and loaded, `kubectl apply -k deploy/`, the sample Jobs, then the leader's logs.
+## Ctrl-C stops following the logs; the cluster stays up until `make cluster-down`.
+run: control-plane node
+	tests/cluster/run.sh $(CLUSTER_DIR) $(IMAGE_ARCHIVE) $(IMAGE)
+
+## Quick iteration: the kwok-only cluster and the controller out of cluster, as the
+## controller's own identity. Ctrl-C stops the controller.
+run-local: cluster-up
 	cargo build --bin jobkeeper
 	$(KUBECTL) apply -f deploy/examples/
 	@echo "watch with: export KUBECONFIG=$(KUBECONFIG_ADMIN); kubectl get jobs -w"
