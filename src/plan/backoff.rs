@@ -1,13 +1,15 @@
 //! Pod failure backoff: after n failures since the last success the next pod waits
-//! 10 s · 2^(n−1), at most 10 min, counted from the last failure.
+//! 10 s · 2^(n−1), at most 10 min, counted from the last failure (with
+//! backoffLimitPerIndex, per index from its own failures).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 
-use super::BackoffRecord;
-use super::pods::finish_time;
+use super::pods::{self, finish_time};
+use super::{BackoffRecord, Plan, plural};
 
 pub const INITIAL: Duration = Duration::from_secs(10);
 pub const MAX: Duration = Duration::from_secs(600);
@@ -76,6 +78,58 @@ pub fn remaining(failures: u32, last_failure: Option<Timestamp>, now: Timestamp)
         elapsed.unsigned_abs()
     };
     delay.saturating_sub(elapsed)
+}
+
+/// Whether the Job's pod failure backoff holds back the `wanted` pods now; if so, the plan
+/// says how long and comes back then.
+pub fn holds_back(plan: &mut Plan, wanted: usize, now: Timestamp) -> bool {
+    let failures = plan.backoff.failures_after_last_success;
+    let wait = remaining(failures, plan.backoff.last_failure_time, now);
+    if wait.is_zero() {
+        return false;
+    }
+    plan.requeue_at_most(wait);
+    plan.outcome.pod_backoff = Some(wait);
+    plan.decisions.push(format!(
+        "waiting {} s of pod failure backoff ({}) before creating {}",
+        wait.as_secs(),
+        plural(failures as usize, "failure"),
+        plural(wanted, "pod")
+    ));
+    true
+}
+
+/// backoffLimitPerIndex: the `indexes` whose backoff has passed. Each index waits from its
+/// last failed pod's finish time, by that index's failures so far. When none may start
+/// yet, the plan comes back for the soonest.
+pub fn indexes_past_backoff(
+    last_failed: &BTreeMap<i32, &Pod>,
+    indexes: Vec<i32>,
+    now: Timestamp,
+    plan: &mut Plan,
+) -> Vec<i32> {
+    let mut ready_now = Vec::new();
+    let mut soonest: Option<Duration> = None;
+    for ix in indexes {
+        let wait = last_failed.get(&ix).map_or(Duration::ZERO, |last| {
+            let failures = (pods::index_absolute_failure_count(last) as u32).saturating_add(1);
+            remaining(failures, Some(finish_time(last)), now)
+        });
+        if wait.is_zero() {
+            ready_now.push(ix);
+        } else {
+            soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+        }
+    }
+    if ready_now.is_empty()
+        && let Some(wait) = soonest
+    {
+        plan.requeue_at_most(wait);
+        plan.outcome.pod_backoff = Some(wait);
+        plan.decisions
+            .push(format!("waiting {} s of per-index backoff", wait.as_secs()));
+    }
+    ready_now
 }
 
 #[cfg(test)]

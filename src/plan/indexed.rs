@@ -1,7 +1,22 @@
 //! Completion indexes of Indexed Jobs and the interval lists (`1,3-5,7`) that
-//! `completedIndexes`, `failedIndexes` and successPolicy rules are written in.
+//! `completedIndexes`, `failedIndexes` and successPolicy rules are written in; which indexes
+//! completed or failed in a sync, and backoffLimitPerIndex's verdict on them.
 
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+
+use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+
+use super::claim::Claimed;
+use super::failure_policy::{self, Action};
+use super::pods;
+use super::spec::Spec;
+use super::status::{
+    FAILURE_TARGET, MESSAGE_FAILED_INDEXES, MESSAGE_MAX_FAILED_INDEXES, REASON_FAILED_INDEXES,
+    REASON_MAX_FAILED_INDEXES, new_condition,
+};
 
 /// Sorted, non-overlapping, non-adjacent closed intervals of completion indexes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -162,6 +177,136 @@ pub fn first_pending(taken: &Intervals, count: usize, completions: i32) -> Vec<i
         candidate += 1;
     }
     out
+}
+
+/// Where an Indexed Job's indexes stand in this sync; empty for a NonIndexed Job.
+#[derive(Debug, Default)]
+pub struct Indexes<'a> {
+    /// `completedIndexes` as the status holds it.
+    pub previously_completed: Intervals,
+    /// With the indexes of succeeded pods that still hold the tracking finalizer.
+    pub completed: Intervals,
+    /// backoffLimitPerIndex only: `failedIndexes` with the indexes that failed now.
+    pub failed: Option<Intervals>,
+    /// backoffLimitPerIndex only: for each index awaiting a replacement, its latest failed
+    /// pod. That pod keeps its tracking finalizer until the replacement exists (upstream's
+    /// delayed deletion), and the replacement's failure counts and backoff start from it.
+    pub last_failed: BTreeMap<i32, &'a Pod>,
+}
+
+impl<'a> Indexes<'a> {
+    pub fn of(
+        spec: &Spec<'_>,
+        claimed: &Claimed<'a>,
+        active: &[&Pod],
+        current: &JobStatus,
+    ) -> Self {
+        if !spec.indexed {
+            return Self::default();
+        }
+        let previously_completed = Intervals::parse(
+            current.completed_indexes.as_deref().unwrap_or(""),
+            spec.index_count,
+        );
+        let mut newly: Vec<i32> = claimed
+            .owned
+            .iter()
+            .filter(|p| claimed.tracked(p) && pods::is_succeeded(p))
+            .filter_map(|p| spec.valid_index(p))
+            .collect();
+        newly.sort_unstable();
+        let completed = previously_completed.with_indexes(&newly);
+        let mut indexes = Indexes {
+            previously_completed,
+            completed,
+            failed: None,
+            last_failed: BTreeMap::new(),
+        };
+        if let Some(limit) = spec.backoff_limit_per_index {
+            let previously_failed = Intervals::parse(
+                current.failed_indexes.as_deref().unwrap_or(""),
+                spec.index_count,
+            );
+            let mut newly_failed: Vec<i32> = claimed
+                .owned
+                .iter()
+                .filter(|p| claimed.tracked(p) && is_index_failed(spec, p, limit))
+                .filter_map(|p| spec.valid_index(p))
+                .collect();
+            newly_failed.sort_unstable();
+            let failed = previously_failed.with_indexes(&newly_failed);
+            indexes.last_failed = last_failed(spec, claimed, active, &indexes.completed, &failed);
+            indexes.failed = Some(failed);
+        }
+        indexes
+    }
+
+    /// backoffLimitPerIndex: the FailureTarget once more indexes failed than
+    /// maxFailedIndexes allows, or once every index finished and some failed.
+    pub fn failure_target(&self, spec: &Spec<'_>, now: Timestamp) -> Option<JobCondition> {
+        let failed = self.failed.as_ref()?;
+        let (reason, message) = if spec
+            .job_spec
+            .max_failed_indexes
+            .is_some_and(|max| failed.total() > max)
+        {
+            (REASON_MAX_FAILED_INDEXES, MESSAGE_MAX_FAILED_INDEXES)
+        } else if failed.total() > 0 && failed.total() + self.completed.total() >= spec.index_count
+        {
+            (REASON_FAILED_INDEXES, MESSAGE_FAILED_INDEXES)
+        } else {
+            return None;
+        };
+        Some(new_condition(FAILURE_TARGET, "True", reason, message, now))
+    }
+}
+
+/// Whether a pod's failure fails its index (backoffLimitPerIndex): a FailIndex rule
+/// matched, or a counted failure when the index already used up its retries.
+fn is_index_failed(spec: &Spec<'_>, pod: &Pod, limit: i32) -> bool {
+    if !spec.is_failed(pod) {
+        return false;
+    }
+    let matched = failure_policy::match_pod(spec.pod_failure_policy, pod);
+    if matched.action == Some(Action::FailIndex) {
+        return true;
+    }
+    matched.counts && pods::index_failure_count(pod) >= limit
+}
+
+/// Per index neither done nor running, its failed pod with the most failures (the latest
+/// to finish among equals).
+fn last_failed<'a>(
+    spec: &Spec<'_>,
+    claimed: &Claimed<'a>,
+    active: &[&Pod],
+    completed: &Intervals,
+    failed: &Intervals,
+) -> BTreeMap<i32, &'a Pod> {
+    let active_indexes: HashSet<i32> = active
+        .iter()
+        .filter_map(|p| pods::completion_index(p))
+        .collect();
+    let mut last: BTreeMap<i32, &Pod> = BTreeMap::new();
+    for &p in &claimed.owned {
+        if !claimed.tracked(p) || !spec.is_failed(p) {
+            continue;
+        }
+        let Some(ix) = spec.valid_index(p) else {
+            continue;
+        };
+        if completed.has(ix) || failed.has(ix) || active_indexes.contains(&ix) {
+            continue;
+        }
+        let replace = last.get(&ix).is_none_or(|seen| {
+            pods::index_absolute_failure_count(seen) <= pods::index_absolute_failure_count(p)
+                && pods::finish_time(p) >= pods::finish_time(seen)
+        });
+        if replace {
+            last.insert(ix, p);
+        }
+    }
+    last
 }
 
 #[cfg(test)]

@@ -2,12 +2,12 @@
 //! finalizer and, for Indexed Jobs, the completion index (annotation, label, hostname,
 //! generateName, JOB_COMPLETION_INDEX) and per-index failure counts.
 
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{Job, PodFailurePolicy};
 use k8s_openapi::api::core::v1::{Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-use super::TRACKING_FINALIZER;
-use super::pods::{COMPLETION_INDEX, INDEX_FAILURE_COUNT, INDEX_IGNORED_FAILURE_COUNT};
+use super::pods::{self, COMPLETION_INDEX, INDEX_FAILURE_COUNT, INDEX_IGNORED_FAILURE_COUNT};
+use super::{TRACKING_FINALIZER, failure_policy};
 
 /// Generated names get 5 random characters; names are at most 63.
 const MAX_GENERATE_NAME_PREFIX: usize = 58;
@@ -18,6 +18,26 @@ const INDEX_ENV: &str = "JOB_COMPLETION_INDEX";
 pub struct IndexFailureCounts {
     pub failed: i32,
     pub ignored: i32,
+}
+
+impl IndexFailureCounts {
+    /// What a replacement pod carries: the replaced pod's counts plus its own failure
+    /// (ignored failures counted apart).
+    pub fn after(policy: Option<&PodFailurePolicy>, replaced: Option<&Pod>) -> Self {
+        let Some(p) = replaced else {
+            return Self::default();
+        };
+        let mut counts = Self {
+            failed: pods::index_failure_count(p),
+            ignored: pods::index_ignored_failure_count(p),
+        };
+        if failure_policy::match_pod(policy, p).counts {
+            counts.failed += 1;
+        } else {
+            counts.ignored += 1;
+        }
+        counts
+    }
 }
 
 pub fn generate_name(job_name: &str, index: Option<i32>) -> String {
