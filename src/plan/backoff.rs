@@ -135,6 +135,11 @@ pub fn indexes_past_backoff(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use crate::plan::BackoffRecord;
+    use crate::plan::testing::*;
 
     #[test]
     fn backoff_doubles_from_ten_seconds_and_caps_at_ten_minutes() {
@@ -200,5 +205,88 @@ mod tests {
         assert_eq!(remaining(2, Some(last), now), Duration::from_secs(5));
         assert_eq!(remaining(1, Some(last), now), Duration::ZERO);
         assert_eq!(remaining(3, None, now), Duration::ZERO);
+    }
+
+    #[test]
+    fn failed_pod_is_counted_once_and_replaced_after_backoff() {
+        let j = running(job(Some(1), 1), 1);
+        let pods = [pod("a", "Failed").exit("main", 1, 995)];
+        let p = run(&j, &pods);
+        let s = p.status.clone().unwrap();
+        assert_eq!(uncounted(&s).1, vec!["a-uid"]);
+        assert_eq!(s.active, None);
+        assert!(
+            p.create.is_empty(),
+            "backoff of 10 s after the failure at 995"
+        );
+        assert_eq!(p.requeue_after, Some(Duration::from_secs(5)));
+        assert_eq!(p.backoff.failures_after_last_success, 1);
+        assert_eq!(p.backoff.last_failure_time, Some(t(995)));
+        // Once the backoff has passed, the replacement is created; the failure is not recounted.
+        let late = [pod("a", "Failed").exit("main", 1, 900)];
+        let p2 = run(&j, &late);
+        assert_eq!(p2.create.len(), 1);
+    }
+
+    #[test]
+    fn pod_backoff_delays_creation_and_requeues() {
+        let j = running(job(Some(1), 1), 0);
+        let cases = [
+            (1, 995, 5),
+            (2, 990, 10),
+            (3, 1000, 40),
+            (7, 700, 300),
+            (2, 900, 0),
+        ];
+        for (failures, last, wait) in cases {
+            let b = BackoffRecord {
+                failures_after_last_success: failures,
+                last_failure_time: Some(t(last)),
+                ..BackoffRecord::default()
+            };
+            let p = plan_with(&j, &[], &[], &HashSet::new(), &b);
+            if wait == 0 {
+                assert_eq!(p.create.len(), 1, "{failures}");
+            } else {
+                assert!(p.create.is_empty(), "{failures}");
+                assert_eq!(
+                    p.requeue_after,
+                    Some(Duration::from_secs(wait)),
+                    "{failures}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_never_writes_active_zero_while_pods_run() {
+        // Upstream issue 139428: during backoff the built-in controller wrote active=0.
+        let j = running(job(Some(3), 2), 1);
+        let b = BackoffRecord {
+            failures_after_last_success: 2,
+            last_failure_time: Some(t(995)),
+            ..BackoffRecord::default()
+        };
+        let p = plan_with(&j, &[pod("a", "Running").ready()], &[], &HashSet::new(), &b);
+        let s = status_after(&j, &p);
+        assert_eq!(s.active, Some(1));
+        assert!(p.create.is_empty());
+    }
+
+    #[test]
+    fn a_success_resets_the_backoff_record() {
+        let j = running(job(Some(3), 1), 0);
+        let b = BackoffRecord {
+            failures_after_last_success: 3,
+            last_failure_time: Some(t(990)),
+            ..BackoffRecord::default()
+        };
+        let pods = [
+            pod("s", "Succeeded").exit("main", 0, 995),
+            pod("f", "Failed").exit("main", 1, 999),
+        ];
+        let p = plan_with(&j, &pods, &[], &HashSet::new(), &b);
+        assert_eq!(p.backoff.failures_after_last_success, 1);
+        assert_eq!(p.backoff.last_failure_time, Some(t(999)));
     }
 }

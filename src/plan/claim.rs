@@ -78,3 +78,46 @@ pub fn claim<'a>(snapshot: &Snapshot<'a>, spec: &Spec<'_>, plan: &mut Plan) -> C
         finalizer_removed: snapshot.finalizer_removed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use crate::plan::testing::*;
+    use crate::plan::*;
+
+    #[test]
+    fn matching_orphan_is_adopted_and_unmatching_pod_released() {
+        let j = running(job(Some(3), 2), 1);
+        let pods = [pod("mine", "Running"), pod("stray", "Running").unlabelled()];
+        let orphans = [
+            pod("orphan", "Running").orphan(),
+            pod("gone", "Running").orphan().deleting(),
+        ];
+        let p = plan_with(
+            &j,
+            &pods,
+            &orphans,
+            &HashSet::new(),
+            &BackoffRecord::default(),
+        );
+        assert_eq!(names(&p.adopt), vec!["orphan"]);
+        assert_eq!(names(&p.release), vec!["stray"]);
+        assert!(p.create.is_empty(), "the adopted pod fills the second slot");
+        assert_eq!(p.status.unwrap().active, Some(2));
+    }
+
+    #[test]
+    fn adopted_finished_orphan_is_counted() {
+        let j = running(job(Some(3), 1), 1);
+        let orphans = [pod("orphan", "Succeeded").orphan()];
+        let p = plan_with(
+            &j,
+            &[pod("a", "Running")],
+            &orphans,
+            &HashSet::new(),
+            &BackoffRecord::default(),
+        );
+        assert_eq!(uncounted(&p.status.unwrap()).0, vec!["orphan-uid"]);
+    }
+}

@@ -121,3 +121,34 @@ pub fn classify<'a>(
         indexes,
     }
 }
+
+#[cfg(test)]
+mod tests {
+
+    use crate::plan::testing::*;
+
+    #[test]
+    fn ready_count_follows_pod_conditions() {
+        let j = running(job(Some(3), 2), 2);
+        let p = run(&j, &[pod("a", "Running").ready(), pod("b", "Running")]);
+        assert_eq!(p.status.unwrap().ready, Some(1));
+    }
+
+    #[test]
+    fn deleted_pod_counts_as_failed_unless_replacement_policy_failed() {
+        for (policy, failed) in [
+            (None, true),
+            (Some("TerminatingOrFailed"), true),
+            (Some("Failed"), false),
+        ] {
+            let mut j = running(job(Some(2), 1), 0);
+            spec(&mut j).pod_replacement_policy = policy.map(String::from);
+            let p = run(&j, &[pod("a", "Running").deleting()]);
+            let s = status_after(&j, &p);
+            assert_eq!(!uncounted(&s).1.is_empty(), failed, "{policy:?}");
+            assert_eq!(s.terminating, Some(1));
+            // Failed: the terminating pod blocks its replacement.
+            assert_eq!(p.create.is_empty(), policy == Some("Failed"), "{policy:?}");
+        }
+    }
+}

@@ -120,3 +120,98 @@ fn announce(
         plan.decisions.push(format!("Job failed: {reason}"));
     }
 }
+
+#[cfg(test)]
+mod tests {
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use crate::plan::status::*;
+    use crate::plan::testing::*;
+    use crate::plan::*;
+
+    #[test]
+    fn job_completes_in_two_steps() {
+        let mut sim = Sim::new(job(Some(2), 2));
+        sim.apply(&sim.plan(), 4);
+        assert_eq!(sim.pods.len(), 2);
+        sim.set_phase(0, "Succeeded");
+        sim.set_phase(1, "Succeeded");
+        let p = sim.plan();
+        let s = p.status.clone().unwrap();
+        assert!(has_cond(&s, SUCCESS_CRITERIA_MET));
+        assert!(!has_cond(&s, COMPLETE));
+        sim.apply(&p, 4);
+        let p2 = sim.plan();
+        let s2 = p2.status.clone().unwrap();
+        assert!(has_cond(&s2, COMPLETE));
+        let c = find(conditions(&s2), COMPLETE).unwrap();
+        assert_eq!(c.reason.as_deref(), Some(REASON_COMPLETIONS_REACHED));
+        assert_eq!(c.message.as_deref(), Some(MESSAGE_COMPLETIONS_REACHED));
+        assert_eq!(s2.completion_time, c.last_transition_time);
+        assert_eq!(s2.succeeded, Some(2));
+        assert_eq!(
+            p2.events,
+            vec![JobEvent {
+                type_: EventType::Normal,
+                reason: "Completed".into(),
+                message: "Job completed".into()
+            }]
+        );
+        assert_eq!(
+            p2.outcome.finished,
+            Some(("succeeded".into(), REASON_COMPLETIONS_REACHED.into()))
+        );
+        sim.apply(&p2, 4);
+        assert!(sim.plan().is_noop());
+    }
+
+    #[test]
+    fn too_many_succeeded_pods_is_reported() {
+        let mut j = running(job(Some(1), 2), 0);
+        st(&mut j).succeeded = Some(2);
+        st(&mut j).conditions = Some(vec![cond(
+            SUCCESS_CRITERIA_MET,
+            REASON_COMPLETIONS_REACHED,
+            MESSAGE_COMPLETIONS_REACHED,
+        )]);
+        let p = run(&j, &[]);
+        let reasons: Vec<&str> = p.events.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, vec!["TooManySucceededPods", "Completed"]);
+    }
+
+    #[test]
+    fn existing_failure_target_becomes_failed_when_pods_are_gone() {
+        let mut j = running(job(Some(1), 1), 0);
+        st(&mut j).failed = Some(7);
+        st(&mut j).conditions = Some(vec![cond(
+            FAILURE_TARGET,
+            REASON_BACKOFF_LIMIT,
+            MESSAGE_BACKOFF_LIMIT,
+        )]);
+        let p = run(&j, &[]);
+        let s = p.status.unwrap();
+        let f = find(conditions(&s), FAILED).unwrap();
+        assert_eq!(f.reason.as_deref(), Some(REASON_BACKOFF_LIMIT));
+        assert_eq!(f.last_transition_time, Some(Time(now())));
+        assert!(s.completion_time.is_none());
+        assert_eq!(
+            p.outcome.finished,
+            Some(("failed".into(), REASON_BACKOFF_LIMIT.into()))
+        );
+    }
+
+    #[test]
+    fn failed_waits_for_terminating_pods() {
+        let mut j = running(job(Some(1), 1), 0);
+        st(&mut j).conditions = Some(vec![cond(
+            FAILURE_TARGET,
+            REASON_BACKOFF_LIMIT,
+            MESSAGE_BACKOFF_LIMIT,
+        )]);
+        let p = run(&j, &[pod("a", "Running").deleting().no_finalizer()]);
+        let s = p.status.unwrap();
+        assert!(!has_cond(&s, FAILED));
+        assert_eq!(s.terminating, Some(1));
+    }
+}

@@ -218,3 +218,202 @@ fn indexes_not_pending(spec: &Spec<'_>, pods: &Classified<'_>) -> Intervals {
         None => not_pending,
     }
 }
+
+#[cfg(test)]
+mod tests {
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use crate::plan::status::*;
+    use crate::plan::testing::*;
+    use crate::plan::*;
+
+    #[test]
+    fn new_job_creates_parallelism_pods_and_sets_start_time() {
+        for (completions, parallelism, want) in [
+            (Some(5), 2, 2),
+            (Some(1), 3, 1),
+            (None, 3, 3),
+            (Some(0), 2, 0),
+            (Some(4), 0, 0),
+        ] {
+            let j = job(completions, parallelism);
+            let p = run(&j, &[]);
+            assert_eq!(p.create.len(), want, "{completions:?}/{parallelism}");
+            let s = status_after(&j, &p);
+            assert_eq!(s.start_time, Some(Time(now())));
+            assert_eq!(s.active.unwrap_or(0), want as i32);
+            assert_eq!(s.ready, Some(0));
+            assert_eq!(s.terminating, Some(0));
+        }
+    }
+
+    #[test]
+    fn indexed_job_recreates_lowest_missing_index() {
+        let j = running(indexed_job(5, 3), 2);
+        let pods = [pod("a", "Running").index(0), pod("b", "Running").index(3)];
+        let p = run(&j, &pods);
+        let idx: Vec<String> = p
+            .create
+            .iter()
+            .map(|c| c.metadata.annotations.as_ref().unwrap()[pods::COMPLETION_INDEX].clone())
+            .collect();
+        assert_eq!(idx, vec!["1"]);
+    }
+
+    #[test]
+    fn indexed_job_skips_completed_indexes() {
+        let mut j = running(indexed_job(5, 5), 0);
+        st(&mut j).completed_indexes = Some("0,2".into());
+        st(&mut j).succeeded = Some(2);
+        let p = run(&j, &[]);
+        let idx: Vec<String> = p
+            .create
+            .iter()
+            .map(|c| c.metadata.annotations.as_ref().unwrap()[pods::COMPLETION_INDEX].clone())
+            .collect();
+        assert_eq!(idx, vec!["1", "3", "4"]);
+    }
+
+    #[test]
+    fn creates_are_capped_at_500() {
+        let j = job(Some(2000), 1000);
+        let p = run(&j, &[]);
+        assert_eq!(p.create.len(), 500);
+        assert_eq!(p.status.unwrap().active, Some(500));
+    }
+
+    #[test]
+    fn scale_down_deletes_least_advanced_pods_first() {
+        let cases: Vec<(&str, Vec<P>, Vec<&str>)> = vec![
+            (
+                "unscheduled before scheduled",
+                vec![pod("s", "Pending").node(), pod("u", "Pending")],
+                vec!["u"],
+            ),
+            (
+                "pending before running",
+                vec![pod("r", "Running").node(), pod("p", "Pending").node()],
+                vec!["p"],
+            ),
+            (
+                "not ready before ready",
+                vec![
+                    pod("rd", "Running").node().ready(),
+                    pod("nr", "Running").node(),
+                ],
+                vec!["nr"],
+            ),
+            (
+                "newer before older",
+                vec![
+                    pod("old", "Running").node().created(1),
+                    pod("new", "Running").node().created(5),
+                ],
+                vec!["new"],
+            ),
+            (
+                "more restarts first",
+                vec![
+                    pod("calm", "Running").node().restarts(0),
+                    pod("crashy", "Running").node().restarts(3),
+                ],
+                vec!["crashy"],
+            ),
+            (
+                "ready for less time first",
+                vec![
+                    pod("long", "Running").node().cond("Ready", "True", t(1)),
+                    pod("short", "Running").node().cond("Ready", "True", t(50)),
+                ],
+                vec!["short"],
+            ),
+        ];
+        for (name, pods, want) in cases {
+            let j = running(job(Some(10), 1), 2);
+            let p = run(&j, &pods);
+            assert_eq!(names(&p.delete), want, "{name}");
+            assert!(p.create.is_empty(), "{name}");
+            let s = p.status.unwrap();
+            assert_eq!((s.active, s.terminating), (Some(1), Some(1)), "{name}");
+        }
+    }
+
+    #[test]
+    fn parallelism_zero_deletes_every_active_pod() {
+        let j = running(job(Some(3), 0), 2);
+        let p = run(&j, &[pod("a", "Running").ready(), pod("b", "Running")]);
+        assert_eq!(p.delete.len(), 2);
+        let s = p.status.unwrap();
+        assert_eq!((s.active, s.ready, s.terminating), (None, Some(0), Some(2)));
+        assert!(p.remove_finalizers.is_empty());
+    }
+
+    #[test]
+    fn indexed_job_deletes_duplicate_invalid_and_out_of_range_pods() {
+        let j = running(indexed_job(3, 3), 5);
+        let pods = [
+            pod("a0", "Running").index(0).node().ready(),
+            pod("b0", "Pending").index(0),
+            pod("c1", "Running").index(1),
+            pod("d9", "Running").index(9),
+            pod("none", "Running"),
+            pod("bad", "Running").annotation(pods::COMPLETION_INDEX, "x"),
+        ];
+        let p = run(&j, &pods);
+        let mut got = names(&p.delete);
+        got.sort();
+        assert_eq!(got, vec!["b0", "bad", "d9", "none"]);
+        assert!(p.create.is_empty(), "deletes win over creates");
+    }
+
+    #[test]
+    fn deletes_win_over_creates_in_one_sync() {
+        let j = running(indexed_job(2, 2), 2);
+        let p = run(
+            &j,
+            &[pod("a", "Running").index(0), pod("b", "Running").index(0)],
+        );
+        assert_eq!(p.delete.len(), 1);
+        assert!(p.create.is_empty());
+    }
+
+    #[test]
+    fn success_criteria_met_deletes_remaining_pods_before_complete() {
+        let mut j = running(job(Some(1), 2), 1);
+        st(&mut j).succeeded = Some(1);
+        st(&mut j).conditions = Some(vec![cond(
+            SUCCESS_CRITERIA_MET,
+            REASON_COMPLETIONS_REACHED,
+            MESSAGE_COMPLETIONS_REACHED,
+        )]);
+        let p = run(&j, &[pod("b", "Running")]);
+        assert_eq!(names(&p.delete), vec!["b"]);
+        let s = p.status.unwrap();
+        assert!(!has_cond(&s, COMPLETE));
+        assert_eq!((s.active, s.terminating), (None, Some(1)));
+    }
+
+    #[test]
+    fn failure_target_job_deletes_counted_pods_then_fails() {
+        let mut sim = Sim::new(job(Some(5), 2));
+        spec(&mut sim.job).backoff_limit = Some(0);
+        sim.apply(&sim.plan(), 4);
+        sim.set_phase(0, "Failed");
+        let plans = sim.settle();
+        let s = sim.status();
+        assert!(has_cond(&s, FAILED), "{s:#?}");
+        assert_eq!(s.failed, Some(2));
+        assert_eq!((s.active, s.terminating), (None, Some(0)));
+        assert!(sim.pods.iter().all(|p| p.metadata.finalizers.is_none()));
+        let last = plans.iter().find(|p| p.outcome.finished.is_some()).unwrap();
+        assert_eq!(
+            last.events[0],
+            JobEvent {
+                type_: EventType::Warning,
+                reason: REASON_BACKOFF_LIMIT.into(),
+                message: MESSAGE_BACKOFF_LIMIT.into()
+            }
+        );
+    }
+}

@@ -140,6 +140,11 @@ fn add_index_env(container: &mut Container) {
 mod tests {
     use super::*;
 
+    use k8s_openapi::api::core::v1::{Container, EnvVar};
+
+    use crate::plan::testing::*;
+    use crate::plan::{TRACKING_FINALIZER, pods};
+
     #[test]
     fn generate_name_truncates_job_part_to_keep_prefix_within_58() {
         assert_eq!(generate_name("pi", None), "pi-");
@@ -151,5 +156,84 @@ mod tests {
         let exact = "b".repeat(55);
         assert_eq!(generate_name(&exact, Some(1)), format!("{exact}-1-"));
         assert_eq!(generate_name(&"b".repeat(56), Some(1)).len(), 58);
+    }
+
+    #[test]
+    fn created_pod_carries_owner_labels_finalizer_and_generate_name() {
+        let j = job(Some(1), 1);
+        let p = run(&j, &[]);
+        let pod = &p.create[0];
+        assert_eq!(pod.metadata.generate_name.as_deref(), Some("pi-"));
+        assert!(pod.metadata.name.is_none());
+        assert_eq!(pod.metadata.labels.as_ref(), Some(&labels()));
+        assert_eq!(
+            pod.metadata.finalizers.as_deref(),
+            Some(&[TRACKING_FINALIZER.to_string()][..])
+        );
+        let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                owner.kind.as_str(),
+                owner.uid.as_str(),
+                owner.controller,
+                owner.block_owner_deletion
+            ),
+            ("Job", JOB_UID, Some(true), Some(true))
+        );
+        assert!(pod.metadata.annotations.is_none());
+    }
+
+    #[test]
+    fn indexed_pod_gets_index_annotation_label_hostname_and_env() {
+        let mut j = indexed_job(3, 3);
+        spec(&mut j).template.spec.as_mut().unwrap().init_containers = Some(vec![Container {
+            name: "init".into(),
+            ..Default::default()
+        }]);
+        spec(&mut j)
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers
+            .push(Container {
+                name: "custom".into(),
+                env: Some(vec![EnvVar {
+                    name: "JOB_COMPLETION_INDEX".into(),
+                    value: Some("7".into()),
+                    value_from: None,
+                }]),
+                ..Default::default()
+            });
+        let p = run(&j, &[]);
+        assert_eq!(p.create.len(), 3);
+        let pod = &p.create[2];
+        assert_eq!(
+            pod.metadata.annotations.as_ref().unwrap()[pods::COMPLETION_INDEX],
+            "2"
+        );
+        assert_eq!(
+            pod.metadata.labels.as_ref().unwrap()[pods::COMPLETION_INDEX],
+            "2"
+        );
+        assert_eq!(pod.metadata.generate_name.as_deref(), Some("pi-2-"));
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.hostname.as_deref(), Some("pi-2"));
+        let env_of = |c: &Container| c.env.clone().unwrap_or_default();
+        let main = env_of(&spec.containers[0]);
+        assert_eq!(main.len(), 1);
+        assert_eq!(
+            main[0]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.labels['batch.kubernetes.io/job-completion-index']"
+        );
+        assert_eq!(env_of(&spec.init_containers.as_ref().unwrap()[0]).len(), 1);
+        assert_eq!(env_of(&spec.containers[1])[0].value.as_deref(), Some("7"));
     }
 }

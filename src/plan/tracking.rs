@@ -210,3 +210,166 @@ impl Tracked {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use k8s_openapi::api::batch::v1::UncountedTerminatedPods;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use crate::plan::status::*;
+    use crate::plan::testing::*;
+    use crate::plan::*;
+
+    #[test]
+    fn succeeded_pod_goes_to_uncounted_then_to_succeeded() {
+        let j = running(job(Some(2), 2), 2);
+        let pods = [pod("a", "Succeeded"), pod("b", "Running")];
+        let p = run(&j, &pods);
+        let s = p.status.clone().unwrap();
+        assert_eq!(uncounted(&s).0, vec!["a-uid"]);
+        assert_eq!(s.succeeded, None);
+        assert_eq!(names(&p.remove_finalizers), vec!["a"]);
+        assert_eq!(p.outcome.pods_finished.get("succeeded"), Some(&1));
+        assert!(
+            p.create.is_empty(),
+            "one completion left and one pod running"
+        );
+        // Next plan: the finalizer is gone.
+        let mut j2 = j.clone();
+        j2.status = Some(s);
+        let p2 = run(
+            &j2,
+            &[pod("a", "Succeeded").no_finalizer(), pod("b", "Running")],
+        );
+        let s2 = p2.status.unwrap();
+        assert_eq!(s2.succeeded, Some(1));
+        assert!(uncounted(&s2).0.is_empty());
+        assert!(p2.remove_finalizers.is_empty());
+    }
+
+    #[test]
+    fn uncounted_pod_that_is_gone_is_counted() {
+        let mut j = running(job(Some(3), 1), 0);
+        st(&mut j).uncounted_terminated_pods = Some(UncountedTerminatedPods {
+            succeeded: Some(vec!["gone-uid".into()]),
+            failed: Some(vec!["gone2-uid".into()]),
+        });
+        let p = run(&j, &[]);
+        let s = p.status.unwrap();
+        assert_eq!((s.succeeded, s.failed), (Some(1), Some(1)));
+        assert_eq!(uncounted(&s), (vec![], vec![]));
+    }
+
+    #[test]
+    fn finalizer_removed_set_counts_as_no_finalizer() {
+        let mut j = running(job(Some(3), 1), 1);
+        st(&mut j).uncounted_terminated_pods = Some(UncountedTerminatedPods {
+            succeeded: Some(vec!["a-uid".into()]),
+            failed: None,
+        });
+        let removed: HashSet<String> = ["a-uid".to_string()].into();
+        let p = plan_with(
+            &j,
+            &[pod("a", "Succeeded"), pod("b", "Running")],
+            &[],
+            &removed,
+            &BackoffRecord::default(),
+        );
+        let s = p.status.unwrap();
+        assert_eq!(s.succeeded, Some(1));
+        assert!(p.remove_finalizers.is_empty());
+    }
+
+    #[test]
+    fn uncounted_pod_still_holding_finalizer_is_not_added_twice() {
+        let mut j = running(job(Some(3), 1), 1);
+        st(&mut j).uncounted_terminated_pods = Some(UncountedTerminatedPods {
+            succeeded: Some(vec!["a-uid".into()]),
+            failed: None,
+        });
+        let p = run(&j, &[pod("a", "Succeeded"), pod("b", "Running")]);
+        assert!(p.status.is_none(), "{:#?}", p.status);
+        assert_eq!(names(&p.remove_finalizers), vec!["a"]);
+    }
+
+    #[test]
+    fn uncounted_list_is_capped_at_500() {
+        let j = running(job(Some(2000), 1), 0);
+        let pods: Vec<P> = (0..700)
+            .map(|i| pod(&format!("p{i:04}"), "Succeeded"))
+            .collect();
+        let p = run(&j, &pods);
+        let s = p.status.unwrap();
+        assert_eq!(uncounted(&s).0.len(), 500);
+        assert_eq!(p.remove_finalizers.len(), 500);
+    }
+
+    #[test]
+    fn indexed_succeeded_pod_goes_to_completed_indexes() {
+        let j = running(indexed_job(4, 2), 2);
+        let pods = [
+            pod("a", "Succeeded").index(1),
+            pod("b", "Running").index(0),
+            pod("c", "Succeeded").index(3),
+        ];
+        let p = run(&j, &pods);
+        let s = p.status.clone().unwrap();
+        assert_eq!(s.completed_indexes.as_deref(), Some("1,3"));
+        assert_eq!(s.succeeded, Some(2));
+        assert!(uncounted(&s).0.is_empty());
+        let mut rm = names(&p.remove_finalizers);
+        rm.sort();
+        assert_eq!(rm, vec!["a", "c"]);
+    }
+
+    #[test]
+    fn indexed_pod_out_of_range_is_not_counted() {
+        let j = running(indexed_job(2, 2), 0);
+        let pods = [pod("a", "Succeeded").index(5), pod("b", "Failed").index(7)];
+        let p = run(&j, &pods);
+        let s = status_after(&j, &p);
+        assert_eq!(s.completed_indexes, None);
+        assert!(uncounted(&s).1.is_empty());
+        assert_eq!(p.remove_finalizers.len(), 2);
+    }
+
+    #[test]
+    fn finished_job_only_strips_finalizers() {
+        let mut j = running(job(Some(1), 1), 0);
+        st(&mut j).conditions = Some(vec![
+            cond(SUCCESS_CRITERIA_MET, "a", "b"),
+            cond(COMPLETE, "a", "b"),
+        ]);
+        st(&mut j).completion_time = Some(Time(t(0)));
+        let b = BackoffRecord {
+            failures_after_last_success: 2,
+            last_failure_time: Some(t(1)),
+            ..BackoffRecord::default()
+        };
+        let p = plan_with(
+            &j,
+            &[pod("a", "Running"), pod("b", "Failed").no_finalizer()],
+            &[],
+            &HashSet::new(),
+            &b,
+        );
+        assert_eq!(names(&p.remove_finalizers), vec!["a"]);
+        assert!(p.status.is_none() && p.create.is_empty() && p.delete.is_empty());
+        assert_eq!(p.backoff, BackoffRecord::default());
+    }
+
+    #[test]
+    fn deleted_job_counts_finished_pods_and_strips_all_finalizers() {
+        let mut j = running(job(Some(3), 2), 2);
+        j.metadata.deletion_timestamp = Some(Time(t(999)));
+        let p = run(&j, &[pod("a", "Running"), pod("b", "Succeeded")]);
+        assert!(p.create.is_empty() && p.delete.is_empty());
+        let mut rm = names(&p.remove_finalizers);
+        rm.sort();
+        assert_eq!(rm, vec!["a", "b"]);
+        assert_eq!(uncounted(&p.status.unwrap()).0, vec!["b-uid"]);
+    }
+}

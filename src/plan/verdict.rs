@@ -174,3 +174,109 @@ pub fn completions_reached(
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+
+    use std::time::Duration;
+
+    use crate::plan::status::*;
+    use crate::plan::testing::*;
+
+    #[test]
+    fn job_without_completions_finishes_after_first_success_and_no_active() {
+        let j = running(job(None, 3), 3);
+        let p = run(
+            &j,
+            &[
+                pod("a", "Succeeded"),
+                pod("b", "Running"),
+                pod("c", "Running"),
+            ],
+        );
+        assert!(p.create.is_empty() && p.delete.is_empty());
+        let s = p.status.unwrap();
+        assert!(!has_cond(&s, SUCCESS_CRITERIA_MET));
+        let mut j2 = running(job(None, 3), 0);
+        st(&mut j2).succeeded = Some(1);
+        let p2 = run(&j2, &[pod("b", "Failed").no_finalizer()]);
+        let s2 = p2.status.unwrap();
+        assert!(has_cond(&s2, SUCCESS_CRITERIA_MET));
+    }
+
+    #[test]
+    fn backoff_limit_exceeded_fails_the_job_in_steps() {
+        let mut j = running(job(Some(5), 2), 2);
+        spec(&mut j).backoff_limit = Some(1);
+        st(&mut j).failed = Some(1);
+        let pods = [pod("f", "Failed"), pod("r", "Running").ready()];
+        let p = run(&j, &pods);
+        let s = p.status.clone().unwrap();
+        let ft = find(conditions(&s), FAILURE_TARGET).unwrap();
+        assert_eq!(ft.reason.as_deref(), Some(REASON_BACKOFF_LIMIT));
+        assert_eq!(ft.message.as_deref(), Some(MESSAGE_BACKOFF_LIMIT));
+        let (_, mut f) = uncounted(&s);
+        f.sort();
+        assert_eq!(
+            f,
+            vec!["f-uid", "r-uid"],
+            "the running pod counts as failed"
+        );
+        assert!(
+            p.delete.is_empty(),
+            "the running pod is deleted once counted"
+        );
+        assert_eq!(s.active, Some(1), "real active count");
+        assert!(!has_cond(&s, FAILED));
+    }
+
+    #[test]
+    fn on_failure_restarts_count_towards_backoff_limit() {
+        for (limit, restarts, fails) in [(0, 1, true), (0, 0, false), (3, 2, false), (3, 3, true)] {
+            let mut j = running(job(Some(1), 1), 1);
+            spec(&mut j).template.spec.as_mut().unwrap().restart_policy = Some("OnFailure".into());
+            spec(&mut j).backoff_limit = Some(limit);
+            let p = run(&j, &[pod("a", "Running").restarts(restarts)]);
+            let s = status_after(&j, &p);
+            assert_eq!(has_cond(&s, FAILURE_TARGET), fails, "{limit}/{restarts}");
+        }
+    }
+
+    #[test]
+    fn active_deadline_fails_job_or_requeues() {
+        for (deadline, fails, requeue) in [
+            (2000, false, Some(1000)),
+            (1000, true, None),
+            (10, true, None),
+        ] {
+            let mut j = running(job(Some(1), 1), 1);
+            spec(&mut j).active_deadline_seconds = Some(deadline);
+            let p = run(&j, &[pod("a", "Running")]);
+            let s = status_after(&j, &p);
+            assert_eq!(has_cond(&s, FAILURE_TARGET), fails, "{deadline}");
+            if fails {
+                assert_eq!(
+                    find(conditions(&s), FAILURE_TARGET)
+                        .unwrap()
+                        .reason
+                        .as_deref(),
+                    Some(REASON_DEADLINE)
+                );
+            }
+            assert_eq!(
+                p.requeue_after,
+                requeue.map(Duration::from_secs),
+                "{deadline}"
+            );
+        }
+    }
+
+    #[test]
+    fn active_deadline_is_not_checked_while_suspended() {
+        let mut j = running(job(Some(1), 1), 0);
+        spec(&mut j).active_deadline_seconds = Some(1);
+        spec(&mut j).suspend = Some(true);
+        let p = run(&j, &[]);
+        assert!(!has_cond(&status_after(&j, &p), FAILURE_TARGET));
+    }
+}
