@@ -14,6 +14,13 @@
 //!
 //! A failed step aborts the rest; the executor re-reads and re-plans, so a plan must be
 //! correct to apply partially in that order.
+//!
+//! One sync ([`plan`]) runs these stages, each in its own file: `spec` (defaults applied)
+//! → `claim` (adopt, release) → `classify` (pods by state; `indexed` for completed and
+//! failed indexes) → `verdict` (is the Job done?) → `manage` (delete, create; with
+//! `backoff` and `template`) → `suspend` → `tracking` (uncountedTerminatedPods, finalizers)
+//! → `conditions` (the terminal ones) → `status` → `rule` (the sentence for `explain`).
+//! `pods`, `failure_policy` and `success_policy` answer questions about one pod or policy.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;

@@ -29,11 +29,12 @@ pub fn decide(
         .or_else(|| fail_job_rule(spec, &pods.claimed, now))
         .or_else(|| backoff_limit_exceeded(spec, pods, now))
         .or_else(|| match active_deadline(spec, draft.start_time.as_ref()) {
-            Ok(target) => target,
-            Err(left) => {
+            Deadline::Passed(target) => Some(target),
+            Deadline::In(left) => {
                 plan.requeue_at_most(left);
                 None
             }
+            Deadline::NotRunning => None,
         })
         .or_else(|| pods.indexes.failure_target(spec, now))
         .or_else(|| success_policy_met(spec, pods, now))
@@ -102,29 +103,27 @@ fn past_backoff_limit_on_failure(spec: &Spec<'_>, claimed: &Claimed<'_>) -> bool
     }
 }
 
-/// activeDeadlineSeconds, which does not run while the Job is suspended: the FailureTarget
-/// once it passed, else (`Err`) the time left.
-fn active_deadline(
-    spec: &Spec<'_>,
-    start_time: Option<&Time>,
-) -> Result<Option<JobCondition>, Duration> {
+/// Where activeDeadlineSeconds stands; it does not run while the Job is suspended.
+enum Deadline {
+    NotRunning,
+    Passed(JobCondition),
+    In(Duration),
+}
+
+fn active_deadline(spec: &Spec<'_>, start_time: Option<&Time>) -> Deadline {
     let (Some(seconds), Some(start), false) = (
         spec.job_spec.active_deadline_seconds,
         start_time,
         spec.suspended,
     ) else {
-        return Ok(None);
+        return Deadline::NotRunning;
     };
     let allowed = SignedDuration::from_secs(seconds);
     let elapsed = spec.now.duration_since(start.0);
     if elapsed >= allowed {
-        Ok(Some(failure_target(
-            REASON_DEADLINE,
-            MESSAGE_DEADLINE,
-            spec.now,
-        )))
+        Deadline::Passed(failure_target(REASON_DEADLINE, MESSAGE_DEADLINE, spec.now))
     } else {
-        Err(to_duration(allowed - elapsed))
+        Deadline::In(to_duration(allowed - elapsed))
     }
 }
 
