@@ -293,8 +293,17 @@ pub fn names(refs: &[PodRef]) -> Vec<&str> {
 pub fn validation_errors(j: &Job, new: &JobStatus) -> Vec<String> {
     let old = j.status.clone().unwrap_or_default();
     let spec = j.spec.as_ref().unwrap();
-    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
     let mut e = Vec::new();
+    counter_errors(spec, &old, new, &mut e);
+    condition_errors(&old, new, &mut e);
+    index_list_errors(spec, new, &mut e);
+    finished_errors(new, &mut e);
+    time_errors(spec, &old, new, &mut e);
+    e
+}
+
+fn counter_errors(spec: &JobSpec, old: &JobStatus, new: &JobStatus, e: &mut Vec<String>) {
+    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
     for (name, v) in [
         ("active", new.active),
         ("ready", new.ready),
@@ -323,9 +332,12 @@ pub fn validation_errors(j: &Job, new: &JobStatus) -> Vec<String> {
     if !exempt && new.failed.unwrap_or(0) < old.failed.unwrap_or(0) {
         e.push("failed decreased".into());
     }
+}
+
+fn condition_errors(old: &JobStatus, new: &JobStatus, e: &mut Vec<String>) {
     let c = |s: &JobStatus, t: &str| has_cond(s, t);
     for t in [COMPLETE, FAILED, FAILURE_TARGET, SUCCESS_CRITERIA_MET] {
-        if c(&old, t) && !c(new, t) {
+        if c(old, t) && !c(new, t) {
             e.push(format!("{t} removed"));
         }
     }
@@ -341,6 +353,10 @@ pub fn validation_errors(j: &Job, new: &JobStatus) -> Vec<String> {
     if c(new, FAILED) && !c(new, FAILURE_TARGET) {
         e.push("Failed without FailureTarget".into());
     }
+}
+
+fn index_list_errors(spec: &JobSpec, new: &JobStatus, e: &mut Vec<String>) {
+    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
     let completions = spec.completions.unwrap_or(0);
     if let Some(ci) = &new.completed_indexes {
         if !indexed && !ci.is_empty() {
@@ -362,23 +378,31 @@ pub fn validation_errors(j: &Job, new: &JobStatus) -> Vec<String> {
             }
         }
     }
-    let finished = c(new, COMPLETE) || c(new, FAILED);
-    if finished {
-        if new.active.unwrap_or(0) > 0 {
-            e.push("finished with active pods".into());
-        }
-        if new.start_time.is_none() {
-            e.push("finished without startTime".into());
-        }
-        if !us.is_empty() || !uf.is_empty() {
-            e.push("finished with uncounted pods".into());
-        }
-        if new.terminating.unwrap_or(0) > 0 {
-            e.push("finished with terminating pods".into());
-        }
+}
+
+fn finished_errors(new: &JobStatus, e: &mut Vec<String>) {
+    let finished = has_cond(new, COMPLETE) || has_cond(new, FAILED);
+    if !finished {
+        return;
     }
+    let (us, uf) = uncounted(new);
+    if new.active.unwrap_or(0) > 0 {
+        e.push("finished with active pods".into());
+    }
+    if new.start_time.is_none() {
+        e.push("finished without startTime".into());
+    }
+    if !us.is_empty() || !uf.is_empty() {
+        e.push("finished with uncounted pods".into());
+    }
+    if new.terminating.unwrap_or(0) > 0 {
+        e.push("finished with terminating pods".into());
+    }
+}
+
+fn time_errors(spec: &JobSpec, old: &JobStatus, new: &JobStatus, e: &mut Vec<String>) {
     let resuming = spec.suspend != Some(true)
-        && find(conditions(&old), SUSPENDED).is_some_and(|c| c.status == "True");
+        && find(conditions(old), SUSPENDED).is_some_and(|c| c.status == "True");
     if old.start_time.is_some()
         && old.start_time != new.start_time
         && spec.suspend != Some(true)
@@ -386,7 +410,7 @@ pub fn validation_errors(j: &Job, new: &JobStatus) -> Vec<String> {
     {
         e.push("startTime changed on a running Job".into());
     }
-    match (&new.completion_time, c(new, COMPLETE)) {
+    match (&new.completion_time, has_cond(new, COMPLETE)) {
         (Some(_), false) => e.push("completionTime without Complete".into()),
         (None, true) => e.push("Complete without completionTime".into()),
         _ => {}
@@ -399,7 +423,6 @@ pub fn validation_errors(j: &Job, new: &JobStatus) -> Vec<String> {
     if old.completion_time.is_some() && old.completion_time != new.completion_time {
         e.push("completionTime changed".into());
     }
-    e
 }
 
 /// A tiny executor and kubelet: applies plans in the documented order to an in-memory
