@@ -7,6 +7,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::{EventType, JobEvent, Plan, Snapshot, pods};
 
+/// What every stage reads of the Job; built once per sync by [`Spec::read`].
 pub struct Spec<'a> {
     pub job: &'a Job,
     pub job_spec: &'a JobSpec,
@@ -14,7 +15,7 @@ pub struct Spec<'a> {
     pub completions: Option<i32>,
     /// `completions` where set, else 0: the number of completion indexes an Indexed Job has.
     pub index_count: i32,
-    /// Only for Indexed Jobs, as the apiserver ignores it otherwise.
+    /// Read only for Indexed Jobs: per-index limits mean nothing without indexes.
     pub backoff_limit_per_index: Option<i32>,
     /// Defaults to 6, or to unlimited where backoffLimitPerIndex counts the failures.
     pub backoff_limit: i32,
