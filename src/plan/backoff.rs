@@ -1,13 +1,15 @@
 //! Pod failure backoff: after n failures since the last success the next pod waits
-//! 10 s · 2^(n−1), at most 10 min, counted from the last failure.
+//! 10 s · 2^(n−1), at most 10 min, counted from the last failure (with
+//! backoffLimitPerIndex, per index from its own failures).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 
-use super::BackoffRecord;
-use super::pods::finish_time;
+use super::pods::{self, finish_time};
+use super::{BackoffRecord, Plan, plural};
 
 pub const INITIAL: Duration = Duration::from_secs(10);
 pub const MAX: Duration = Duration::from_secs(600);
@@ -78,9 +80,66 @@ pub fn remaining(failures: u32, last_failure: Option<Timestamp>, now: Timestamp)
     delay.saturating_sub(elapsed)
 }
 
+/// Whether the Job's pod failure backoff holds back the `wanted` pods now; if so, the plan
+/// says how long and comes back then.
+pub fn holds_back(plan: &mut Plan, wanted: usize, now: Timestamp) -> bool {
+    let failures = plan.backoff.failures_after_last_success;
+    let wait = remaining(failures, plan.backoff.last_failure_time, now);
+    if wait.is_zero() {
+        return false;
+    }
+    plan.requeue_at_most(wait);
+    plan.outcome.pod_backoff = Some(wait);
+    plan.decisions.push(format!(
+        "waiting {} s of pod failure backoff ({}) before creating {}",
+        wait.as_secs(),
+        plural(failures as usize, "failure"),
+        plural(wanted, "pod")
+    ));
+    true
+}
+
+/// backoffLimitPerIndex: the `indexes` whose backoff has passed. Each index waits from its
+/// last failed pod's finish time, by that index's failures so far. When none may start
+/// yet, the plan comes back for the soonest.
+pub fn indexes_past_backoff(
+    last_failed: &BTreeMap<i32, &Pod>,
+    indexes: Vec<i32>,
+    now: Timestamp,
+    plan: &mut Plan,
+) -> Vec<i32> {
+    let mut ready_now = Vec::new();
+    let mut soonest: Option<Duration> = None;
+    for ix in indexes {
+        let wait = last_failed.get(&ix).map_or(Duration::ZERO, |last| {
+            let failures = (pods::index_absolute_failure_count(last) as u32).saturating_add(1);
+            remaining(failures, Some(finish_time(last)), now)
+        });
+        if wait.is_zero() {
+            ready_now.push(ix);
+        } else {
+            soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+        }
+    }
+    if ready_now.is_empty()
+        && let Some(wait) = soonest
+    {
+        plan.requeue_at_most(wait);
+        plan.outcome.pod_backoff = Some(wait);
+        plan.decisions
+            .push(format!("waiting {} s of per-index backoff", wait.as_secs()));
+    }
+    ready_now
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use crate::plan::BackoffRecord;
+    use crate::plan::testing::*;
 
     #[test]
     fn backoff_doubles_from_ten_seconds_and_caps_at_ten_minutes() {
@@ -146,5 +205,88 @@ mod tests {
         assert_eq!(remaining(2, Some(last), now), Duration::from_secs(5));
         assert_eq!(remaining(1, Some(last), now), Duration::ZERO);
         assert_eq!(remaining(3, None, now), Duration::ZERO);
+    }
+
+    #[test]
+    fn failed_pod_is_counted_once_and_replaced_after_backoff() {
+        let j = running(job(Some(1), 1), 1);
+        let pods = [pod("a", "Failed").exit("main", 1, 995)];
+        let p = run(&j, &pods);
+        let s = p.status.clone().unwrap();
+        assert_eq!(uncounted(&s).1, vec!["a-uid"]);
+        assert_eq!(s.active, None);
+        assert!(
+            p.create.is_empty(),
+            "backoff of 10 s after the failure at 995"
+        );
+        assert_eq!(p.requeue_after, Some(Duration::from_secs(5)));
+        assert_eq!(p.backoff.failures_after_last_success, 1);
+        assert_eq!(p.backoff.last_failure_time, Some(t(995)));
+        // Once the backoff has passed, the replacement is created; the failure is not recounted.
+        let late = [pod("a", "Failed").exit("main", 1, 900)];
+        let p2 = run(&j, &late);
+        assert_eq!(p2.create.len(), 1);
+    }
+
+    #[test]
+    fn pod_backoff_delays_creation_and_requeues() {
+        let j = running(job(Some(1), 1), 0);
+        let cases = [
+            (1, 995, 5),
+            (2, 990, 10),
+            (3, 1000, 40),
+            (7, 700, 300),
+            (2, 900, 0),
+        ];
+        for (failures, last, wait) in cases {
+            let b = BackoffRecord {
+                failures_after_last_success: failures,
+                last_failure_time: Some(t(last)),
+                ..BackoffRecord::default()
+            };
+            let p = plan_with(&j, &[], &[], &HashSet::new(), &b);
+            if wait == 0 {
+                assert_eq!(p.create.len(), 1, "{failures}");
+            } else {
+                assert!(p.create.is_empty(), "{failures}");
+                assert_eq!(
+                    p.requeue_after,
+                    Some(Duration::from_secs(wait)),
+                    "{failures}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_never_writes_active_zero_while_pods_run() {
+        // Upstream issue 139428: during backoff the built-in controller wrote active=0.
+        let j = running(job(Some(3), 2), 1);
+        let b = BackoffRecord {
+            failures_after_last_success: 2,
+            last_failure_time: Some(t(995)),
+            ..BackoffRecord::default()
+        };
+        let p = plan_with(&j, &[pod("a", "Running").ready()], &[], &HashSet::new(), &b);
+        let s = status_after(&j, &p);
+        assert_eq!(s.active, Some(1));
+        assert!(p.create.is_empty());
+    }
+
+    #[test]
+    fn a_success_resets_the_backoff_record() {
+        let j = running(job(Some(3), 1), 0);
+        let b = BackoffRecord {
+            failures_after_last_success: 3,
+            last_failure_time: Some(t(990)),
+            ..BackoffRecord::default()
+        };
+        let pods = [
+            pod("s", "Succeeded").exit("main", 0, 995),
+            pod("f", "Failed").exit("main", 1, 999),
+        ];
+        let p = plan_with(&j, &pods, &[], &HashSet::new(), &b);
+        assert_eq!(p.backoff.failures_after_last_success, 1);
+        assert_eq!(p.backoff.last_failure_time, Some(t(999)));
     }
 }

@@ -1,7 +1,22 @@
 //! Completion indexes of Indexed Jobs and the interval lists (`1,3-5,7`) that
-//! `completedIndexes`, `failedIndexes` and successPolicy rules are written in.
+//! `completedIndexes`, `failedIndexes` and successPolicy rules are written in; which indexes
+//! completed or failed in a sync, and backoffLimitPerIndex's verdict on them.
 
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+
+use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+
+use super::claim::Claimed;
+use super::failure_policy::{self, Action};
+use super::pods;
+use super::spec::Spec;
+use super::status::{
+    FAILURE_TARGET, MESSAGE_FAILED_INDEXES, MESSAGE_MAX_FAILED_INDEXES, REASON_FAILED_INDEXES,
+    REASON_MAX_FAILED_INDEXES, new_condition,
+};
 
 /// Sorted, non-overlapping, non-adjacent closed intervals of completion indexes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -164,9 +179,148 @@ pub fn first_pending(taken: &Intervals, count: usize, completions: i32) -> Vec<i
     out
 }
 
+/// Where an Indexed Job's indexes stand in this sync; empty for a NonIndexed Job.
+#[derive(Debug, Default)]
+pub struct Indexes<'a> {
+    /// `completedIndexes` as the status holds it.
+    pub previously_completed: Intervals,
+    /// With the indexes of succeeded pods that still hold the tracking finalizer.
+    pub completed: Intervals,
+    /// backoffLimitPerIndex only: `failedIndexes` with the indexes that failed now.
+    pub failed: Option<Intervals>,
+    /// backoffLimitPerIndex only: for each index awaiting a replacement, its latest failed
+    /// pod. That pod keeps its tracking finalizer until the replacement exists (upstream's
+    /// delayed deletion), and the replacement's failure counts and backoff start from it.
+    pub last_failed: BTreeMap<i32, &'a Pod>,
+}
+
+impl<'a> Indexes<'a> {
+    pub fn of(
+        spec: &Spec<'_>,
+        claimed: &Claimed<'a>,
+        active: &[&Pod],
+        current: &JobStatus,
+    ) -> Self {
+        if !spec.indexed {
+            return Self::default();
+        }
+        let previously_completed = Intervals::parse(
+            current.completed_indexes.as_deref().unwrap_or(""),
+            spec.index_count,
+        );
+        let mut newly: Vec<i32> = claimed
+            .owned
+            .iter()
+            .filter(|p| claimed.tracked(p) && pods::is_succeeded(p))
+            .filter_map(|p| spec.valid_index(p))
+            .collect();
+        newly.sort_unstable();
+        let completed = previously_completed.with_indexes(&newly);
+        let mut indexes = Indexes {
+            previously_completed,
+            completed,
+            failed: None,
+            last_failed: BTreeMap::new(),
+        };
+        if let Some(limit) = spec.backoff_limit_per_index {
+            let previously_failed = Intervals::parse(
+                current.failed_indexes.as_deref().unwrap_or(""),
+                spec.index_count,
+            );
+            let mut newly_failed: Vec<i32> = claimed
+                .owned
+                .iter()
+                .filter(|p| claimed.tracked(p) && is_index_failed(spec, p, limit))
+                .filter_map(|p| spec.valid_index(p))
+                .collect();
+            newly_failed.sort_unstable();
+            let failed = previously_failed.with_indexes(&newly_failed);
+            indexes.last_failed = last_failed(spec, claimed, active, &indexes.completed, &failed);
+            indexes.failed = Some(failed);
+        }
+        indexes
+    }
+
+    /// backoffLimitPerIndex: the FailureTarget once more indexes failed than
+    /// maxFailedIndexes allows, or once every index finished and some failed.
+    pub fn failure_target(&self, spec: &Spec<'_>, now: Timestamp) -> Option<JobCondition> {
+        let failed = self.failed.as_ref()?;
+        let (reason, message) = if spec
+            .job_spec
+            .max_failed_indexes
+            .is_some_and(|max| failed.total() > max)
+        {
+            (REASON_MAX_FAILED_INDEXES, MESSAGE_MAX_FAILED_INDEXES)
+        } else if failed.total() > 0 && failed.total() + self.completed.total() >= spec.index_count
+        {
+            (REASON_FAILED_INDEXES, MESSAGE_FAILED_INDEXES)
+        } else {
+            return None;
+        };
+        Some(new_condition(FAILURE_TARGET, "True", reason, message, now))
+    }
+}
+
+/// Whether a pod's failure fails its index (backoffLimitPerIndex): a FailIndex rule
+/// matched, or a counted failure when the index already used up its retries.
+fn is_index_failed(spec: &Spec<'_>, pod: &Pod, limit: i32) -> bool {
+    if !spec.is_failed(pod) {
+        return false;
+    }
+    let matched = failure_policy::match_pod(spec.pod_failure_policy, pod);
+    if matched.action == Some(Action::FailIndex) {
+        return true;
+    }
+    matched.counts && pods::index_failure_count(pod) >= limit
+}
+
+/// Per index neither done nor running, its failed pod with the most failures (the latest
+/// to finish among equals).
+fn last_failed<'a>(
+    spec: &Spec<'_>,
+    claimed: &Claimed<'a>,
+    active: &[&Pod],
+    completed: &Intervals,
+    failed: &Intervals,
+) -> BTreeMap<i32, &'a Pod> {
+    let active_indexes: HashSet<i32> = active
+        .iter()
+        .filter_map(|p| pods::completion_index(p))
+        .collect();
+    let mut last: BTreeMap<i32, &Pod> = BTreeMap::new();
+    for &p in &claimed.owned {
+        if !claimed.tracked(p) || !spec.is_failed(p) {
+            continue;
+        }
+        let Some(ix) = spec.valid_index(p) else {
+            continue;
+        };
+        if completed.has(ix) || failed.has(ix) || active_indexes.contains(&ix) {
+            continue;
+        }
+        let replace = last.get(&ix).is_none_or(|seen| {
+            pods::index_absolute_failure_count(seen) <= pods::index_absolute_failure_count(p)
+                && pods::finish_time(p) >= pods::finish_time(seen)
+        });
+        if replace {
+            last.insert(ix, p);
+        }
+    }
+    last
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::Duration;
+
+    use k8s_openapi::api::batch::v1::Job;
+
+    use crate::plan::indexed::Intervals;
+    use crate::plan::pods;
+    use crate::plan::status::*;
+    use crate::plan::testing::*;
 
     #[test]
     fn interval_strings_round_trip() {
@@ -223,5 +377,182 @@ mod tests {
         ] {
             assert_eq!(Intervals::is_valid_list(text, 10), ok, "{text}");
         }
+    }
+
+    fn per_index_job(completions: i32, limit: i32) -> Job {
+        let mut j = running(indexed_job(completions, completions), 0);
+        spec(&mut j).backoff_limit_per_index = Some(limit);
+        spec(&mut j).backoff_limit = Some(i32::MAX);
+        st(&mut j).failed_indexes = Some(String::new());
+        j
+    }
+
+    #[test]
+    fn per_index_replacement_carries_failure_count() {
+        let j = per_index_job(2, 2);
+        let pods = [
+            pod("a", "Failed").index(0).exit("main", 1, 900),
+            pod("b", "Running").index(1),
+        ];
+        let p = run(&j, &pods);
+        assert_eq!(p.create.len(), 1);
+        let ann = p.create[0].metadata.annotations.clone().unwrap();
+        assert_eq!(ann[pods::COMPLETION_INDEX], "0");
+        assert_eq!(ann[pods::INDEX_FAILURE_COUNT], "1");
+        assert!(!ann.contains_key(pods::INDEX_IGNORED_FAILURE_COUNT));
+        assert!(
+            p.remove_finalizers.is_empty(),
+            "the failed pod keeps its finalizer until its replacement exists"
+        );
+        let s = p.status.unwrap();
+        assert!(uncounted(&s).1.is_empty());
+        // With the replacement running, the failed pod is counted and released.
+        let pods = [
+            pod("a", "Failed").index(0).exit("main", 1, 900),
+            pod("c", "Pending")
+                .index(0)
+                .annotation(pods::INDEX_FAILURE_COUNT, "1"),
+            pod("b", "Running").index(1),
+        ];
+        let p2 = run(&j, &pods);
+        assert_eq!(names(&p2.remove_finalizers), vec!["a"]);
+        assert_eq!(uncounted(&p2.status.unwrap()).1, vec!["a-uid"]);
+    }
+
+    #[test]
+    fn first_pods_of_per_index_job_have_zero_failure_count() {
+        let mut j = indexed_job(2, 2);
+        spec(&mut j).backoff_limit_per_index = Some(1);
+        let p = run(&j, &[]);
+        for c in &p.create {
+            assert_eq!(
+                c.metadata.annotations.as_ref().unwrap()[pods::INDEX_FAILURE_COUNT],
+                "0"
+            );
+        }
+        assert_eq!(p.status.unwrap().failed_indexes.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn per_index_backoff_delays_the_replacement() {
+        let j = per_index_job(2, 3);
+        let pods = [
+            pod("a", "Failed")
+                .index(0)
+                .exit("main", 1, 995)
+                .annotation(pods::INDEX_FAILURE_COUNT, "1"),
+            pod("b", "Running").index(1),
+        ];
+        let p = run(&j, &pods);
+        assert!(p.create.is_empty());
+        assert_eq!(
+            p.requeue_after,
+            Some(Duration::from_secs(15)),
+            "second failure: 20 s from 995"
+        );
+    }
+
+    #[test]
+    fn index_fails_after_its_limit_and_is_not_recreated() {
+        let j = per_index_job(3, 1);
+        let pods = [
+            pod("a", "Failed")
+                .index(0)
+                .exit("main", 1, 900)
+                .annotation(pods::INDEX_FAILURE_COUNT, "1"),
+            pod("b", "Running").index(1),
+            pod("c", "Running").index(2),
+        ];
+        let p = run(&j, &pods);
+        let s = p.status.unwrap();
+        assert_eq!(s.failed_indexes.as_deref(), Some("0"));
+        assert!(p.create.is_empty());
+        assert_eq!(uncounted(&s).1, vec!["a-uid"]);
+        assert!(!has_cond(&s, FAILURE_TARGET));
+    }
+
+    #[test]
+    fn failed_indexes_fail_the_job_when_all_indexes_are_done() {
+        let mut j = per_index_job(2, 0);
+        st(&mut j).completed_indexes = Some("1".into());
+        st(&mut j).succeeded = Some(1);
+        let p = run(&j, &[pod("a", "Failed").index(0)]);
+        let s = p.status.unwrap();
+        let ft = find(conditions(&s), FAILURE_TARGET).unwrap();
+        assert_eq!(
+            (ft.reason.as_deref(), ft.message.as_deref()),
+            (Some(REASON_FAILED_INDEXES), Some(MESSAGE_FAILED_INDEXES))
+        );
+    }
+
+    #[test]
+    fn max_failed_indexes_exceeded_fails_the_job() {
+        let mut j = per_index_job(4, 0);
+        spec(&mut j).max_failed_indexes = Some(1);
+        let pods = [
+            pod("a", "Failed").index(0),
+            pod("b", "Failed").index(1),
+            pod("c", "Running").index(2),
+        ];
+        let p = run(&j, &pods);
+        let s = p.status.unwrap();
+        let ft = find(conditions(&s), FAILURE_TARGET).unwrap();
+        assert_eq!(ft.reason.as_deref(), Some(REASON_MAX_FAILED_INDEXES));
+        assert_eq!(ft.message.as_deref(), Some(MESSAGE_MAX_FAILED_INDEXES));
+        assert_eq!(s.failed_indexes.as_deref(), Some("0,1"));
+    }
+
+    #[test]
+    fn fail_index_action_fails_the_index_at_once() {
+        let j = with_policy(
+            per_index_job(2, 5),
+            vec![exit_rule("FailIndex", "In", &[7], None)],
+        );
+        let p = run(
+            &j,
+            &[
+                pod("a", "Failed").index(0).exit("main", 7, 900),
+                pod("b", "Running").index(1),
+            ],
+        );
+        let s = p.status.unwrap();
+        assert_eq!(s.failed_indexes.as_deref(), Some("0"));
+        assert_eq!(p.outcome.failure_policy_actions.get("FailIndex"), Some(&1));
+        assert!(p.create.is_empty());
+    }
+
+    #[test]
+    fn ignored_failure_counts_in_ignored_annotation() {
+        let j = with_policy(
+            per_index_job(1, 1),
+            vec![condition_rule("Ignore", "DisruptionTarget")],
+        );
+        let p = run(
+            &j,
+            &[pod("a", "Failed")
+                .index(0)
+                .cond("DisruptionTarget", "True", t(900))],
+        );
+        let ann = p.create[0].metadata.annotations.clone().unwrap();
+        assert_eq!(ann[pods::INDEX_FAILURE_COUNT], "0");
+        assert_eq!(ann[pods::INDEX_IGNORED_FAILURE_COUNT], "1");
+    }
+
+    #[test]
+    fn indexed_job_runs_to_completion() {
+        let mut sim = Sim::new(indexed_job(3, 2));
+        for _ in 0..6 {
+            sim.apply(&sim.plan(), 4);
+            for n in 0..sim.pods.len() {
+                if pods::is_active(&sim.pods[n]) {
+                    sim.set_phase(n, "Succeeded");
+                }
+            }
+        }
+        sim.settle();
+        let s = sim.status();
+        assert!(has_cond(&s, COMPLETE), "{s:#?}");
+        assert_eq!(s.completed_indexes.as_deref(), Some("0-2"));
+        assert_eq!(s.succeeded, Some(3));
     }
 }

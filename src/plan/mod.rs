@@ -14,29 +14,51 @@
 //!
 //! A failed step aborts the rest; the executor re-reads and re-plans, so a plan must be
 //! correct to apply partially in that order.
+//!
+//! One sync ([`plan`]) runs these stages, each in its own file: `spec` (defaults applied)
+//! → `claim` (adopt, release) → `classify` (pods by state; `indexed` for completed and
+//! failed indexes) → `verdict` (is the Job done?) → `manage` (delete, create; with
+//! `backoff` and `template`) → `suspend` → `tracking` (uncountedTerminatedPods, finalizers)
+//! → `conditions` (the terminal ones) → `status` → `rule` (the sentence for `explain`).
+//! `pods`, `failure_policy` and `success_policy` answer questions about one pod or policy.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 pub mod backoff;
+mod claim;
+mod classify;
+mod conditions;
 pub mod failure_policy;
 pub mod indexed;
+mod manage;
 pub mod pods;
+mod rule;
+mod spec;
 pub mod status;
 pub mod success_policy;
-mod sync;
+mod suspend;
 pub mod template;
 #[cfg(test)]
+mod testing;
+#[cfg(test)]
 mod tests;
+mod tracking;
+mod verdict;
 
-pub use sync::{MAX_POD_CREATE_DELETE_PER_SYNC, MAX_UNCOUNTED_PODS};
+use spec::Spec;
+use status::Draft;
 
 /// The finalizer that keeps a finished pod around until the Job status counts it.
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
+/// At most this many pod UIDs wait in `uncountedTerminatedPods` (keeps the status small).
+pub const MAX_UNCOUNTED_PODS: usize = 500;
+/// At most this many pod creates or deletes per plan.
+pub const MAX_POD_CREATE_DELETE_PER_SYNC: usize = 500;
 
 /// Everything the planner may look at. Built by the runtime from its caches.
 #[derive(Debug, Clone)]
@@ -150,6 +172,79 @@ impl Plan {
 /// `status` (adopted pods are counted as owned, with the tracking finalizer), and to keep
 /// `backoff` only once `status` was written (or when `status` is `None`), as the failures
 /// it counts are the ones this plan moves into `uncountedTerminatedPods`.
+///
+/// One sync, in upstream's order: claim the pods, classify them, decide whether the Job is
+/// done, manage its pods, track finished pods through `uncountedTerminatedPods`, and write
+/// the conditions and status that follow.
 pub fn plan(snapshot: &Snapshot<'_>) -> Plan {
-    sync::plan(snapshot)
+    let mut plan = Plan {
+        backoff: snapshot.backoff.clone(),
+        ..Plan::default()
+    };
+    let Some(job_spec) = snapshot.job.spec.as_ref() else {
+        plan.outcome.rule = "the Job has no spec".to_string();
+        return plan;
+    };
+    let current = snapshot.job.status.clone().unwrap_or_default();
+    if let Some(done) = status::finished(&current) {
+        tracking::release_finished_job(snapshot, done, &mut plan);
+        return plan;
+    }
+    let Some(spec) = Spec::read(snapshot, job_spec) else {
+        spec::skip_unknown_completion_mode(&mut plan);
+        return plan;
+    };
+    let claimed = claim::claim(snapshot, &spec, &mut plan);
+    let pods = classify::classify(&spec, claimed, &current);
+    plan.backoff = backoff::next_record(snapshot.backoff, &pods.new_succeeded, &pods.new_failed);
+    let mut draft = Draft::new(&current, &spec);
+    let verdict = verdict::decide(&spec, &pods, &draft, &mut plan);
+    let managed = manage::manage_pods(&spec, &pods, verdict.as_ref(), &mut plan);
+    let verdict = verdict.or_else(|| verdict::completions_reached(&spec, &pods, &managed));
+    if verdict.is_none() && !spec.deleting {
+        suspend::suspend_or_resume(&spec, &managed, &mut draft, &mut plan);
+    }
+    let tracked = tracking::track(&spec, &pods, &managed, verdict.as_ref(), &mut plan);
+    let finish = conditions::finish(&spec, verdict, &managed, &tracked, &mut draft, &mut plan);
+    let new_status = status::next(&current, draft, &finish, &managed, tracked);
+    if new_status != status::normalized(&current) {
+        plan.status = Some(new_status.clone());
+    }
+    plan.outcome.rule = rule::sentence(&spec, &new_status, &finish, &plan);
+    plan
+}
+
+impl Plan {
+    /// Asks to sync again within `after`; an earlier requeue stands.
+    fn requeue_at_most(&mut self, after: Duration) {
+        self.requeue_after = Some(self.requeue_after.map_or(after, |d| d.min(after)));
+    }
+}
+
+impl JobEvent {
+    fn new(type_: EventType, reason: &str, message: &str) -> Self {
+        JobEvent {
+            type_,
+            reason: reason.to_string(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// "1 pod", "3 pods": counts in log lines read as sentences.
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// A negative span (a clock behind a timestamp) counts as none.
+fn to_duration(d: SignedDuration) -> Duration {
+    if d.is_negative() {
+        Duration::ZERO
+    } else {
+        d.unsigned_abs()
+    }
 }

@@ -107,6 +107,11 @@ pub fn index_ignored_failure_count(pod: &Pod) -> i32 {
     annotation_count(pod, INDEX_IGNORED_FAILURE_COUNT)
 }
 
+/// The index's failures so far, ignored ones included.
+pub fn index_absolute_failure_count(pod: &Pod) -> i32 {
+    index_failure_count(pod).saturating_add(index_ignored_failure_count(pod))
+}
+
 /// Sum of restart counts of init and regular containers.
 pub fn restart_count(pod: &Pod) -> i64 {
     pod.status.as_ref().map_or(0, |s| {

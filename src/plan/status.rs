@@ -1,8 +1,14 @@
-//! Job conditions and status comparison.
+//! The Job status: condition types, reasons and helpers, the status a sync leaves, and
+//! the comparison that decides whether it is written.
 
 use k8s_openapi::api::batch::v1::{JobCondition, JobStatus, UncountedTerminatedPods};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+
+use super::conditions::Finish;
+use super::manage::Managed;
+use super::spec::Spec;
+use super::tracking::Tracked;
 
 pub const COMPLETE: &str = "Complete";
 pub const FAILED: &str = "Failed";
@@ -110,4 +116,65 @@ pub fn normalized(status: &JobStatus) -> JobStatus {
         s.conditions = None;
     }
     s
+}
+
+/// What the stages of a sync edit in place before the status is put together.
+pub struct Draft {
+    pub start_time: Option<Time>,
+    pub conditions: Vec<JobCondition>,
+}
+
+impl Draft {
+    /// startTime is set on the first sync of an unsuspended Job.
+    pub fn new(current: &JobStatus, spec: &Spec<'_>) -> Self {
+        let start_time = current.start_time.clone();
+        Draft {
+            start_time: start_time.or_else(|| (!spec.suspended).then_some(Time(spec.now))),
+            conditions: current.conditions.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// The status after this sync: the current one with every stage's result in it.
+pub fn next(
+    current: &JobStatus,
+    draft: Draft,
+    finish: &Finish,
+    managed: &Managed<'_>,
+    tracked: Tracked,
+) -> JobStatus {
+    let Draft {
+        start_time,
+        conditions,
+    } = draft;
+    let mut status = JobStatus {
+        start_time,
+        ..current.clone()
+    };
+    if let Some(completed) = &tracked.completed_indexes {
+        let text = completed.to_string();
+        status.completed_indexes = (!text.is_empty()).then_some(text);
+        if let Some(failed) = &tracked.failed_indexes {
+            status.failed_indexes = Some(failed.to_string());
+        }
+    }
+    if finish.finished_now
+        && let Some(c) = &finish.final_condition
+        && c.type_ == COMPLETE
+    {
+        status.completion_time =
+            find(&conditions, COMPLETE).and_then(|c| c.last_transition_time.clone());
+    }
+    status.active = Some(managed.active);
+    status.ready = Some(managed.ready);
+    status.terminating = Some(managed.terminating);
+    status.succeeded = Some(tracked.succeeded);
+    status.failed = Some(tracked.failed);
+    status.conditions = (!conditions.is_empty()).then_some(conditions);
+    let non_empty = |v: Vec<String>| (!v.is_empty()).then_some(v);
+    status.uncounted_terminated_pods = Some(UncountedTerminatedPods {
+        succeeded: non_empty(tracked.uncounted_succeeded),
+        failed: non_empty(tracked.uncounted_failed),
+    });
+    normalized(&status)
 }

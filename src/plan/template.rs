@@ -2,12 +2,12 @@
 //! finalizer and, for Indexed Jobs, the completion index (annotation, label, hostname,
 //! generateName, JOB_COMPLETION_INDEX) and per-index failure counts.
 
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{Job, PodFailurePolicy};
 use k8s_openapi::api::core::v1::{Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-use super::TRACKING_FINALIZER;
-use super::pods::{COMPLETION_INDEX, INDEX_FAILURE_COUNT, INDEX_IGNORED_FAILURE_COUNT};
+use super::pods::{self, COMPLETION_INDEX, INDEX_FAILURE_COUNT, INDEX_IGNORED_FAILURE_COUNT};
+use super::{TRACKING_FINALIZER, failure_policy};
 
 /// Generated names get 5 random characters; names are at most 63.
 const MAX_GENERATE_NAME_PREFIX: usize = 58;
@@ -18,6 +18,26 @@ const INDEX_ENV: &str = "JOB_COMPLETION_INDEX";
 pub struct IndexFailureCounts {
     pub failed: i32,
     pub ignored: i32,
+}
+
+impl IndexFailureCounts {
+    /// What a replacement pod carries: the replaced pod's counts plus its own failure
+    /// (ignored failures counted apart).
+    pub fn after(policy: Option<&PodFailurePolicy>, replaced: Option<&Pod>) -> Self {
+        let Some(p) = replaced else {
+            return Self::default();
+        };
+        let mut counts = Self {
+            failed: pods::index_failure_count(p),
+            ignored: pods::index_ignored_failure_count(p),
+        };
+        if failure_policy::match_pod(policy, p).counts {
+            counts.failed += 1;
+        } else {
+            counts.ignored += 1;
+        }
+        counts
+    }
 }
 
 pub fn generate_name(job_name: &str, index: Option<i32>) -> String {
@@ -120,6 +140,11 @@ fn add_index_env(container: &mut Container) {
 mod tests {
     use super::*;
 
+    use k8s_openapi::api::core::v1::{Container, EnvVar};
+
+    use crate::plan::testing::*;
+    use crate::plan::{TRACKING_FINALIZER, pods};
+
     #[test]
     fn generate_name_truncates_job_part_to_keep_prefix_within_58() {
         assert_eq!(generate_name("pi", None), "pi-");
@@ -131,5 +156,84 @@ mod tests {
         let exact = "b".repeat(55);
         assert_eq!(generate_name(&exact, Some(1)), format!("{exact}-1-"));
         assert_eq!(generate_name(&"b".repeat(56), Some(1)).len(), 58);
+    }
+
+    #[test]
+    fn created_pod_carries_owner_labels_finalizer_and_generate_name() {
+        let j = job(Some(1), 1);
+        let p = run(&j, &[]);
+        let pod = &p.create[0];
+        assert_eq!(pod.metadata.generate_name.as_deref(), Some("pi-"));
+        assert!(pod.metadata.name.is_none());
+        assert_eq!(pod.metadata.labels.as_ref(), Some(&labels()));
+        assert_eq!(
+            pod.metadata.finalizers.as_deref(),
+            Some(&[TRACKING_FINALIZER.to_string()][..])
+        );
+        let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                owner.kind.as_str(),
+                owner.uid.as_str(),
+                owner.controller,
+                owner.block_owner_deletion
+            ),
+            ("Job", JOB_UID, Some(true), Some(true))
+        );
+        assert!(pod.metadata.annotations.is_none());
+    }
+
+    #[test]
+    fn indexed_pod_gets_index_annotation_label_hostname_and_env() {
+        let mut j = indexed_job(3, 3);
+        spec(&mut j).template.spec.as_mut().unwrap().init_containers = Some(vec![Container {
+            name: "init".into(),
+            ..Default::default()
+        }]);
+        spec(&mut j)
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers
+            .push(Container {
+                name: "custom".into(),
+                env: Some(vec![EnvVar {
+                    name: "JOB_COMPLETION_INDEX".into(),
+                    value: Some("7".into()),
+                    value_from: None,
+                }]),
+                ..Default::default()
+            });
+        let p = run(&j, &[]);
+        assert_eq!(p.create.len(), 3);
+        let pod = &p.create[2];
+        assert_eq!(
+            pod.metadata.annotations.as_ref().unwrap()[pods::COMPLETION_INDEX],
+            "2"
+        );
+        assert_eq!(
+            pod.metadata.labels.as_ref().unwrap()[pods::COMPLETION_INDEX],
+            "2"
+        );
+        assert_eq!(pod.metadata.generate_name.as_deref(), Some("pi-2-"));
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.hostname.as_deref(), Some("pi-2"));
+        let env_of = |c: &Container| c.env.clone().unwrap_or_default();
+        let main = env_of(&spec.containers[0]);
+        assert_eq!(main.len(), 1);
+        assert_eq!(
+            main[0]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.labels['batch.kubernetes.io/job-completion-index']"
+        );
+        assert_eq!(env_of(&spec.init_containers.as_ref().unwrap()[0]).len(), 1);
+        assert_eq!(env_of(&spec.containers[1])[0].value.as_deref(), Some("7"));
     }
 }
