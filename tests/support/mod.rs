@@ -39,23 +39,28 @@ pub fn repo_root() -> PathBuf {
 /// The control plane's folder: `JOBKEEPER_TEST_CLUSTER`, else `target/test-cluster`.
 pub fn cluster_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::var_os("JOBKEEPER_TEST_CLUSTER")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target/test-cluster"));
-        std::fs::create_dir_all(&dir).expect("creating the cluster folder");
-        // Test binaries run in parallel; one of them starts the cluster, the others wait.
-        let lock = File::create(dir.join(".lock")).expect("creating the cluster lock");
-        lock.lock().expect("locking the cluster folder");
-        let status = Command::new(repo_root().join("tests/cluster/up.sh"))
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .status()
-            .expect("running tests/cluster/up.sh");
-        assert!(status.success(), "tests/cluster/up.sh failed");
-        lock.unlock().ok();
-        dir
-    })
+    DIR.get_or_init(|| start_cluster("JOBKEEPER_TEST_CLUSTER", "target/test-cluster", &[]))
+}
+
+/// Starts (or finds running) the control plane in the folder `$var` names, else
+/// `default` under the repo, with `env` for tests/cluster/up.sh.
+pub fn start_cluster(var: &str, default: &str, env: &[(&str, &str)]) -> PathBuf {
+    let dir = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(default));
+    std::fs::create_dir_all(&dir).expect("creating the cluster folder");
+    // Test binaries run in parallel; one of them starts the cluster, the others wait.
+    let lock = File::create(dir.join(".lock")).expect("creating the cluster lock");
+    lock.lock().expect("locking the cluster folder");
+    let status = Command::new(repo_root().join("tests/cluster/up.sh"))
+        .arg(&dir)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .status()
+        .expect("running tests/cluster/up.sh");
+    assert!(status.success(), "tests/cluster/up.sh {env:?} failed");
+    lock.unlock().ok();
+    dir
 }
 
 pub async fn client_for(kubeconfig: &Path) -> Client {
