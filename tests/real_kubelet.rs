@@ -141,6 +141,9 @@ async fn on_failure_container_restarts_reach_the_backoff_limit() {
         reason_of(&end, "Failed").as_deref(),
         Some("BackoffLimitExceeded")
     );
+    // Its only pod never failed (the kubelet restarted its container in place): it counts
+    // as failed once the controller deleted it, so the limit was reached by restarts.
+    assert_eq!(end.failed, Some(1));
     assert_eq!(end.active.unwrap_or(0), 0);
     assert_eq!(end.terminating, Some(0));
     assert_eq!(end.succeeded.unwrap_or(0), 0);
@@ -177,6 +180,7 @@ async fn active_deadline_stops_running_containers_and_counts_them_terminating() 
         reason_of(&end, "Failed").as_deref(),
         Some("DeadlineExceeded")
     );
+    assert_eq!(end.failed, Some(2));
     assert_eq!(end.active.unwrap_or(0), 0);
     assert_eq!(end.terminating, Some(0));
 }
