@@ -4,9 +4,13 @@
 //! Every pod scheduled there runs for real. Its apiserver writes an audit log
 //! (`audit.log` in its folder).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 
 use super::{client_for, start_cluster};
@@ -26,4 +30,51 @@ pub fn real_cluster_dir() -> &'static Path {
 
 pub async fn real_admin_client() -> Client {
     client_for(&real_cluster_dir().join("admin.kubeconfig")).await
+}
+
+/// The label node-up.sh gives the real node (value `"true"`).
+pub const REAL_NODE_LABEL: &str = "jobkeeper.dev/real-node";
+/// The image the real node has (imported, never pulled: the node has no registry access).
+pub const REAL_IMAGE: &str = "busybox:1.35";
+
+/// A Job whose pods run for real on the real node: one busybox container `main` running
+/// `sh -c script`, restartPolicy Never, a 2 s termination grace period (so leftover pods go
+/// quickly when the namespace is deleted; shape it longer where termination matters).
+pub fn real_job(name: &str, managed_by: Option<&str>, script: &str) -> Job {
+    Job {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            managed_by: managed_by.map(Into::into),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(BTreeMap::from([("app".into(), "real".into())])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    node_selector: Some(BTreeMap::from([(REAL_NODE_LABEL.into(), "true".into())])),
+                    restart_policy: Some("Never".into()),
+                    termination_grace_period_seconds: Some(2),
+                    containers: vec![Container {
+                        name: "main".into(),
+                        image: Some(REAL_IMAGE.into()),
+                        image_pull_policy: Some("IfNotPresent".into()),
+                        command: Some(vec!["sh".into(), "-c".into(), script.into()]),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A script that runs until it gets SIGTERM, then takes `stop_seconds` to stop and exits
+/// with `exit_code` (the shell is PID 1, which ignores a SIGTERM it does not trap).
+pub fn run_until_term(stop_seconds: u32, exit_code: i32) -> String {
+    format!("trap 'sleep {stop_seconds}; exit {exit_code}' TERM; sleep 600 & wait")
 }

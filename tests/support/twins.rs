@@ -53,11 +53,12 @@ impl<'a> Twins<'a> {
         Self::create_from(env, name, driven_job, shape).await
     }
 
-    /// Twins built from `base` (e.g. [`kwok_job`]), then shaped.
+    /// Twins built from `base` (e.g. [`kwok_job`], or a closure over
+    /// [`real_job`](super::real::real_job)), then shaped.
     pub async fn create_from(
         env: &'a TestEnv,
         name: &str,
-        base: fn(&str, Option<&str>) -> Job,
+        base: impl Fn(&str, Option<&str>) -> Job,
         shape: impl Fn(&mut Job),
     ) -> Twins<'a> {
         let names = [format!("{name}-ours"), format!("{name}-ref")];
