@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -755,9 +756,39 @@ async fn finished_pod(env: &TestEnv, name: &str) -> Pod {
     .await
 }
 
+/// The ready endpoints of the jobkeeper-metrics Service, sorted.
+async fn service_endpoints(client: &Client) -> Vec<String> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), SYSTEM_NS);
+    let list = slices
+        .list(&ListParams::default().labels("kubernetes.io/service-name=jobkeeper-metrics"))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let mut ips: Vec<String> = list
+        .iter()
+        .flat_map(|s| s.endpoints.iter().flatten())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+        .flat_map(|e| e.addresses.clone())
+        .collect();
+    ips.sort();
+    ips
+}
+
 /// Step 6. A busybox pod in a fresh (unrestricted) namespace GETs /metrics from the
-/// Service's ClusterIP with `nc` (the node's busybox has a working nc, not wget).
+/// Service's ClusterIP with `nc` (the node's busybox has a working nc, not wget). Right
+/// after step 5's rollout the Service's endpoints and kube-proxy's rules still move: the
+/// test first waits for the endpoints to be the two Ready replicas, and the pod tries up to
+/// 20 times, a second apart, until an answer names a jobkeeper_ metric.
 async fn metrics_reachable_through_the_service(client: &Client) {
+    let pods = ready_replicas(client, Duration::from_secs(60)).await;
+    let mut replicas: Vec<String> = pods.iter().map(pod_ip).collect();
+    replicas.sort();
+    wait_for(
+        "the jobkeeper-metrics endpoints to be the two Ready replicas",
+        Duration::from_secs(30),
+        || async { (service_endpoints(client).await == replicas).then_some(()) },
+    )
+    .await;
     let services: Api<Service> = Api::namespaced(client.clone(), SYSTEM_NS);
     let ip = services
         .get("jobkeeper-metrics")
@@ -767,7 +798,11 @@ async fn metrics_reachable_through_the_service(client: &Client) {
         .and_then(|s| s.cluster_ip)
         .expect("a ClusterIP");
     let env = TestEnv::without_controller_in(real_cluster_dir(), "metrics").await;
-    let get = format!("printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' | nc {ip} 8080");
+    let get = format!(
+        "for i in $(seq 20); do printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' | nc {ip} 8080 >/tmp/out; \
+         echo \"attempt $i: exit $?, $(wc -c </tmp/out) bytes\"; grep -q jobkeeper_ /tmp/out && break; \
+         sleep 1; done; cat /tmp/out"
+    );
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -784,6 +819,8 @@ async fn metrics_reachable_through_the_service(client: &Client) {
         .expect("creating the scrape pod");
     finished_pod(&env, "scrape").await;
     let body = run(&["logs", "-n", &env.ns, "scrape"]);
+    let attempts: Vec<&str> = body.lines().filter(|l| l.starts_with("attempt ")).collect();
+    eprintln!("scraping {ip}:8080 from a pod: {attempts:?}");
     assert!(
         body.contains("jobkeeper_"),
         "GET http://{ip}:8080/metrics from a pod returned no jobkeeper_ metric:\n{body}"
