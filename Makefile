@@ -42,12 +42,17 @@ lint:
 unit:
 	cargo test --lib --bins
 
-## Integration tests start their own control plane in $(TEST_CLUSTER) (see
-## tests/support) and stop it afterwards; KEEP_CLUSTER=1 keeps it for the next run.
+## Integration tests start their own control planes, in $(TEST_CLUSTER) and, with a real
+## node, in $(TEST_REAL_CLUSTER) (see tests/support), and stop them afterwards; KEEP_CLUSTER=1
+## keeps them for the next run. tests/in_cluster.rs loads the image `make image` built
+## (jobkeeper-image.sh packs anew each time, so it is built once here, not by the test).
 TEST_CLUSTER ?= $(CURDIR)/target/test-cluster
-integration: control-plane
-	@status=0; JOBKEEPER_TEST_CLUSTER=$(TEST_CLUSTER) cargo test --test '*' -- --test-threads=4 || status=$$?; \
-	  if [ -z "$(KEEP_CLUSTER)" ]; then tests/cluster/down.sh $(TEST_CLUSTER); fi; exit $$status
+TEST_REAL_CLUSTER ?= $(CURDIR)/target/test-cluster-real
+integration: control-plane node image
+	@status=0; JOBKEEPER_TEST_CLUSTER=$(TEST_CLUSTER) JOBKEEPER_TEST_REAL_CLUSTER=$(TEST_REAL_CLUSTER) \
+	  JOBKEEPER_IMAGE_ARCHIVE=$(IMAGE_ARCHIVE) cargo test --test '*' -- --test-threads=4 || status=$$?; \
+	  if [ -z "$(KEEP_CLUSTER)" ]; then tests/cluster/down.sh $(TEST_CLUSTER); \
+	    tests/cluster/down.sh $(TEST_REAL_CLUSTER); fi; exit $$status
 
 test: lint unit integration
 

@@ -6,46 +6,17 @@
 
 mod support;
 
-use std::io::Write as _;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 use support::*;
 
 fn kubectl(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(cluster_bin("kubectl"))
-        .arg("--kubeconfig")
-        .arg(cluster_dir().join("admin.kubeconfig"))
-        .args(args)
-        .current_dir(repo_root())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running kubectl");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("kubectl stdin")
-            .write_all(input)
-            .expect("writing to kubectl");
-    }
-    child.wait_with_output().expect("waiting for kubectl")
+    kubectl_in(cluster_dir(), args, stdin)
 }
 
 fn ok(out: &Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    expect_ok(out, what)
 }
 
 /// The rendered kustomization as a list of objects.

@@ -228,10 +228,13 @@ pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// A minimal HTTP/1.0 GET on loopback (status line and body).
 pub async fn http_get(port: u16, path: &str) -> Option<String> {
+    http_get_at("127.0.0.1", port, path).await
+}
+
+/// A minimal HTTP/1.0 GET to `host:port` (status line and body).
+pub async fn http_get_at(host: &str, port: u16, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
+    let mut s = tokio::net::TcpStream::connect((host, port)).await.ok()?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .await
         .ok()?;
@@ -599,6 +602,45 @@ fn rand_suffix() -> u64 {
     h.finish()
 }
 
+/// `kubectl` against the control plane in `dir`, run from the repository root.
+pub fn kubectl_in(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = Command::new(cluster_bin("kubectl"))
+        .arg("--kubeconfig")
+        .arg(dir.join("admin.kubeconfig"))
+        .args(args)
+        .current_dir(repo_root())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kubectl");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("kubectl stdin")
+            .write_all(input)
+            .expect("writing to kubectl");
+    }
+    child.wait_with_output().expect("waiting for kubectl")
+}
+
+/// A command's stdout, or a panic naming `what` with its output.
+pub fn expect_ok(out: &std::process::Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A control-plane binary from the cache (build.sh prints its folder).
 pub fn cluster_bin(name: &str) -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -655,6 +697,15 @@ pub fn has_condition(status: &JobStatus, type_: &str) -> bool {
         .conditions
         .as_ref()
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+}
+
+/// The Job has condition `type_` and no terminated pod is left uncounted: its final status.
+pub fn finished_and_counted(status: &JobStatus, type_: &str) -> bool {
+    has_condition(status, type_)
+        && status.uncounted_terminated_pods.as_ref().is_none_or(|u| {
+            u.succeeded.as_ref().is_none_or(Vec::is_empty)
+                && u.failed.as_ref().is_none_or(Vec::is_empty)
+        })
 }
 
 /// A Job whose pods the test drives (never scheduled, so no kwok or scheduler touches them).

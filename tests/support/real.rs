@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
@@ -77,4 +78,49 @@ pub fn real_job(name: &str, managed_by: Option<&str>, script: &str) -> Job {
 /// with `exit_code` (the shell is PID 1, which ignores a SIGTERM it does not trap).
 pub fn run_until_term(stop_seconds: u32, exit_code: i32) -> String {
     format!("trap 'sleep {stop_seconds}; exit {exit_code}' TERM; sleep 600 & wait")
+}
+
+/// The real node's `ctr` with the kubelet's containerd namespace (`k8s.io`); its stdout.
+pub fn node_ctr(args: &[&str]) -> String {
+    let dir = real_cluster_dir();
+    let bin = std::fs::read_to_string(dir.join("node/bin")).expect("DIR/node/bin: no real node");
+    let out = Command::new(Path::new(bin.trim()).join("ctr"))
+        .arg("--address")
+        .arg(dir.join("node/containerd.sock"))
+        .args(["-n", "k8s.io"])
+        .args(args)
+        .output()
+        .expect("running ctr");
+    super::expect_ok(&out, &format!("ctr {}", args.join(" ")))
+}
+
+/// The host PID of a running container's process, by the `containerd://ID` the pod's
+/// container status names.
+pub fn container_host_pid(container_id: &str) -> u32 {
+    let id = container_id
+        .strip_prefix("containerd://")
+        .unwrap_or_else(|| panic!("not a containerd container: {container_id}"));
+    let tasks = node_ctr(&["tasks", "ls"]);
+    tasks
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            (fields.next()? == id).then(|| fields.next()?.parse().ok())?
+        })
+        .next()
+        .unwrap_or_else(|| panic!("no containerd task {id} in:\n{tasks}"))
+}
+
+/// The apiserver's audit events (`audit.log`, one JSON object a line) about objects in
+/// `namespace`.
+pub fn audit_events_in(namespace: &str) -> Vec<serde_json::Value> {
+    let path = real_cluster_dir().join("audit.log");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let quoted = format!("\"{namespace}\"");
+    text.lines()
+        .filter(|l| l.contains(&quoted))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["objectRef"]["namespace"] == namespace)
+        .collect()
 }

@@ -188,11 +188,7 @@ impl<'a> Twins<'a> {
     pub async fn assert_same_end(&self, condition: &str) -> JobStatus {
         let [ours, _] = self
             .assert_same_when(&format!("{condition} with nothing uncounted"), |s| {
-                has_condition(s, condition)
-                    && s.uncounted_terminated_pods.as_ref().is_none_or(|u| {
-                        u.succeeded.as_ref().is_none_or(Vec::is_empty)
-                            && u.failed.as_ref().is_none_or(Vec::is_empty)
-                    })
+                finished_and_counted(s, condition)
             })
             .await;
         for name in &self.names {
