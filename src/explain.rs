@@ -17,10 +17,11 @@ use kube::api::ListParams;
 use kube::core::Selector;
 use kube::{Api, Client};
 
+use crate::cluster::pod_index::controller_of;
 use crate::config::ExplainArgs;
 use crate::plan::indexed::Intervals;
 use crate::plan::{self, BackoffRecord, EventType, Plan, Snapshot, TRACKING_FINALIZER, pods};
-use crate::runtime::{Ownership, controller_of};
+use crate::runtime::Ownership;
 
 /// Width of the label column ("Conditions" plus two spaces).
 const LABEL: usize = 12;
@@ -797,7 +798,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::runtime::CONTROLLER_UID_LABEL;
+    use crate::cluster::selector_watches::CONTROLLER_UID_LABEL;
 
     const UID: &str = "job-uid";
     const T0: &str = "2026-01-01T00:00:00Z";

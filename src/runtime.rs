@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt, future};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{self, Action, Controller};
@@ -21,17 +20,17 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::act::execute::{self, EventSink, ExecuteError, Executor, Step};
+use crate::cluster::expectations::Expectations;
+use crate::cluster::pod_decode::{WatchedPod, unwrap_watched};
+use crate::cluster::pod_index::{PodIndex, controller_of, pods_of};
+use crate::cluster::selector_watches::SelectorWatches;
+use crate::cluster::status_batch::{self, StatusBatcher};
 use crate::config::BUILT_IN_MANAGER;
-use crate::execute::{self, EventSink, ExecuteError, Executor, Step};
-use crate::expectations::Expectations;
-use crate::metrics::SharedMetrics;
+use crate::edge::metrics::SharedMetrics;
 use crate::plan::{self, BackoffRecord, Snapshot};
-use crate::pod_decode::WatchedPod;
-use crate::pod_index::PodIndex;
-use crate::selector_watches::SelectorWatches;
-use crate::status_batch::{self, StatusBatcher};
 
-pub use crate::selector_watches::CONTROLLER_UID_LABEL;
+use crate::cluster::selector_watches::CONTROLLER_UID_LABEL;
 
 /// A sync plans and applies at most this many steps before yielding to other Jobs.
 const MAX_STEPS_PER_SYNC: usize = 6;
@@ -143,47 +142,6 @@ pub enum SyncError {
     Execute(#[from] ExecuteError),
 }
 
-/// The ownerReference marked as the pod's controller.
-pub fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
-    pod.metadata
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|o| o.controller == Some(true))
-}
-
-/// Pods whose controller ownerReference is `job`, and orphans in its namespace that its
-/// selector matches: from the main pod cache, and for a manualSelector Job also from its
-/// own watch's store (`selected`; the two hold different pods).
-pub fn pods_of(
-    pods: &Store<Pod>,
-    index: &PodIndex,
-    selected: Option<&Store<Pod>>,
-    job: &Job,
-) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
-    let uid = job.metadata.uid.as_deref().unwrap_or_default();
-    let ns = job.metadata.namespace.as_deref().unwrap_or_default();
-    let selector: Option<Selector> = job
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.clone())
-        .and_then(|s| Selector::try_from(s).ok());
-    let mut owned = index.controlled_by(pods, uid);
-    let mut orphans = index.orphans_in(pods, ns);
-    for pod in selected.map(Store::state).unwrap_or_default() {
-        match controller_of(&pod) {
-            Some(o) if o.uid == uid => owned.push(pod),
-            Some(_) => {}
-            None => orphans.push(pod),
-        }
-    }
-    orphans.retain(|pod| {
-        pod.metadata.deletion_timestamp.is_none()
-            && selector.as_ref().is_some_and(|s| s.matches(pod.labels()))
-    });
-    (owned, orphans)
-}
-
 async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, SyncError> {
     // Never plan from an empty pod cache: that would create every pod again.
     ctx.caches.wait_until_ready().await;
@@ -219,7 +177,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, SyncError
             ctx.metrics.observe_sync("error", started.elapsed());
             ctx.metrics
                 .reconcile_errors
-                .get_or_create(&crate::metrics::ErrorLabel {
+                .get_or_create(&crate::edge::metrics::ErrorLabel {
                     kind: e.kind().into(),
                 })
                 .inc();
@@ -521,17 +479,6 @@ async fn release_pods_that_left_the_selector(
 /// annotation would be deleted), while a write without managed fields keeps the stored ones.
 fn slim_job(job: &mut Job) {
     job.managed_fields_mut().clear();
-}
-
-/// The pod watch decodes [`WatchedPod`]s; the caches hold the pods inside.
-pub(crate) fn unwrap_watched(event: Event<WatchedPod>) -> Event<Pod> {
-    match event {
-        Event::Apply(p) => Event::Apply(p.0),
-        Event::Delete(p) => Event::Delete(p.0),
-        Event::Init => Event::Init,
-        Event::InitApply(p) => Event::InitApply(p.0),
-        Event::InitDone => Event::InitDone,
-    }
 }
 
 #[derive(Clone)]

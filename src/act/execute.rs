@@ -16,8 +16,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::expectations::Expectations;
-use crate::metrics::SharedMetrics;
+use crate::cluster::expectations::Expectations;
+use crate::edge::metrics::SharedMetrics;
 use crate::plan::{EventType, JobEvent, Plan, PodRef, TRACKING_FINALIZER};
 
 /// At most this many pod writes in flight at once for one Job.
@@ -161,7 +161,7 @@ impl Executor<'_> {
         if removed > 0 {
             self.metrics
                 .terminated_pods_tracking_finalizer
-                .get_or_create(&crate::metrics::EventLabel {
+                .get_or_create(&crate::edge::metrics::EventLabel {
                     event: "delete".into(),
                 })
                 .inc_by(removed as u64);
@@ -194,7 +194,7 @@ impl Executor<'_> {
                 .unwrap_or_else(|| "NonIndexed".into());
             self.metrics
                 .jobs_finished
-                .get_or_create(&crate::metrics::JobFinishedLabels {
+                .get_or_create(&crate::edge::metrics::JobFinishedLabels {
                     completion_mode: mode,
                     result: result.clone(),
                     reason: reason.clone(),
@@ -205,7 +205,7 @@ impl Executor<'_> {
             for (result, n) in &plan.outcome.pods_finished {
                 self.metrics
                     .pods_finished
-                    .get_or_create(&crate::metrics::ResultLabel {
+                    .get_or_create(&crate::edge::metrics::ResultLabel {
                         result: result.clone(),
                     })
                     .inc_by(u64::from(*n));
@@ -213,7 +213,7 @@ impl Executor<'_> {
             for (action, n) in &plan.outcome.failure_policy_actions {
                 self.metrics
                     .pod_failures_handled_by_failure_policy
-                    .get_or_create(&crate::metrics::ActionLabel {
+                    .get_or_create(&crate::edge::metrics::ActionLabel {
                         action: action.clone(),
                     })
                     .inc_by(u64::from(*n));
@@ -565,7 +565,7 @@ pub fn has_tracking_finalizer(pod: &Pod) -> bool {
 /// What asks the apiserver to answer a write with the object's metadata only.
 const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
 
-/// Creates a pod and returns it as stored, slimmed (see [`crate::pod_decode::slim_pod`]).
+/// Creates a pod and returns it as stored, slimmed (see [`crate::cluster::pod_decode::slim_pod`]).
 /// Only its metadata comes back (the rest is what we sent), so neither side encodes or
 /// decodes the whole pod.
 async fn create_pod(client: &Client, api: &Api<Pod>, mut pod: Pod) -> Result<Pod, kube::Error> {
@@ -586,7 +586,7 @@ async fn create_pod(client: &Client, api: &Api<Pod>, mut pod: Pod) -> Result<Pod
         phase: Some("Pending".into()),
         ..PodStatus::default()
     });
-    crate::pod_decode::slim_pod(&mut pod);
+    crate::cluster::pod_decode::slim_pod(&mut pod);
     Ok(pod)
 }
 
