@@ -20,7 +20,9 @@ use kube::{Api, Client};
 use crate::cluster::pod_index::controller_of;
 use crate::config::ExplainArgs;
 use crate::plan::indexed::Intervals;
-use crate::plan::{self, BackoffRecord, EventType, Plan, Snapshot, TRACKING_FINALIZER, pods};
+use crate::plan::{
+    self, BackoffRecord, EventType, Plan, Snapshot, TRACKING_FINALIZER, plural, pods,
+};
 use crate::runtime::Ownership;
 
 /// Width of the label column ("Conditions" plus two spaces).
@@ -743,14 +745,6 @@ fn names<'a>(all: impl ExactSizeIterator<Item = &'a str>) -> String {
         text.push_str(&format!(" and {} more", total - NAMES_PER_ACTION));
     }
     text
-}
-
-fn plural(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
 }
 
 /// Whole seconds, rounded up (a wait of 300 ms is "1 s", never "0 s").
