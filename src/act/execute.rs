@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::expectations::Expectations;
 use crate::edge::metrics::SharedMetrics;
+use crate::plan::pods::has_tracking_finalizer;
 use crate::plan::{EventType, JobEvent, Plan, PlanOutcome, PodRef, TRACKING_FINALIZER};
 
 /// At most this many pod writes in flight at once for one Job.
@@ -602,10 +603,6 @@ fn pods_message(verb: &str, names: &[String]) -> Option<String> {
             Some(format!("{verb} {} pods: {listed}{tail}", many.len()))
         }
     }
-}
-
-pub fn has_tracking_finalizer(pod: &Pod) -> bool {
-    pod.finalizers().iter().any(|f| f == TRACKING_FINALIZER)
 }
 
 /// Removes only the tracking finalizer, leaving any others in place.

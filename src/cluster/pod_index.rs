@@ -130,6 +130,12 @@ pub fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
         .find(|o| o.controller == Some(true))
 }
 
+/// The Job's label selector; None when it has none or it cannot be read.
+pub fn selector_of(job: &Job) -> Option<Selector> {
+    let selector = job.spec.as_ref()?.selector.clone()?;
+    Selector::try_from(selector).ok()
+}
+
 /// Pods whose controller ownerReference is `job`, and orphans in its namespace that its
 /// selector matches: from the main pod cache, and for a manualSelector Job also from its
 /// own watch's store (`selected`; the two hold different pods).
@@ -141,11 +147,7 @@ pub fn pods_of(
 ) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
     let uid = job.metadata.uid.as_deref().unwrap_or_default();
     let ns = job.metadata.namespace.as_deref().unwrap_or_default();
-    let selector: Option<Selector> = job
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.clone())
-        .and_then(|s| Selector::try_from(s).ok());
+    let selector = selector_of(job);
     let mut owned = index.controlled_by(pods, uid);
     let mut orphans = index.orphans_in(pods, ns);
     for pod in selected.map(Store::state).unwrap_or_default() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::{Selector, SelectorExt};
+use kube::core::SelectorExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
@@ -14,7 +14,8 @@ use tracing::{debug, info, warn};
 
 use super::Context;
 use crate::act::execute;
-use crate::cluster::pod_index::controller_of;
+use crate::cluster::pod_index::{controller_of, selector_of};
+use crate::plan::pods::has_tracking_finalizer;
 
 /// The two cleanup tasks, run until either channel closes.
 pub(super) fn cleanup_tasks(
@@ -50,10 +51,7 @@ async fn release_pods_of_deleted_jobs(
                 .filter(|p| controller_of(p).is_some_and(|o| o.uid == uid)),
         );
         ctx.selector_watches.stop(&uid);
-        let holding: Vec<_> = owned
-            .iter()
-            .filter(|p| execute::has_tracking_finalizer(p))
-            .collect();
+        let holding: Vec<_> = owned.iter().filter(|p| has_tracking_finalizer(p)).collect();
         for pod in &holding {
             if let Err(e) = execute::remove_finalizer(&api, &pod.name_any()).await
                 && execute::code_of(&e) != Some(404)
@@ -105,12 +103,7 @@ async fn release_pods_that_left_the_selector(
                 continue;
             }
         };
-        let selector = job
-            .spec
-            .as_ref()
-            .and_then(|s| s.selector.clone())
-            .and_then(|s| Selector::try_from(s).ok());
-        let still_matches = selector.is_some_and(|s| s.matches(live.labels()));
+        let still_matches = selector_of(&job).is_some_and(|s| s.matches(live.labels()));
         let still_ours = controller_of(&live).is_some_and(|o| o.uid == owner.uid);
         if still_matches || !still_ours || live.metadata.deletion_timestamp.is_some() {
             debug!(pod = %key, still_matches, still_ours, "pod is not for release");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt, TryStreamExt, future};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::{Selector, SelectorExt};
+use kube::core::SelectorExt;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::{Context, Ownership, Pending};
 use crate::cluster::pod_decode::{WatchedPod, unwrap_watched};
-use crate::cluster::pod_index::{PodIndex, controller_of};
+use crate::cluster::pod_index::{PodIndex, controller_of, selector_of};
 use crate::cluster::selector_watches::CONTROLLER_UID_LABEL;
 
 /// The APIs the Job and pod watches list.
@@ -161,13 +161,7 @@ fn jobs_for_pod(jobs: &Store<Job>, pod: &Pod) -> Vec<ObjectRef<Job>> {
     jobs.state()
         .into_iter()
         .filter(|job| job.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|job| {
-            job.spec
-                .as_ref()
-                .and_then(|s| s.selector.clone())
-                .and_then(|s| Selector::try_from(s).ok())
-                .is_some_and(|s| s.matches(pod.labels()))
-        })
+        .filter(|job| selector_of(job).is_some_and(|s| s.matches(pod.labels())))
         .map(|job| ObjectRef::from_obj(&*job))
         .collect()
 }
