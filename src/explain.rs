@@ -17,10 +17,13 @@ use kube::api::ListParams;
 use kube::core::Selector;
 use kube::{Api, Client};
 
+use crate::cluster::pod_index::controller_of;
 use crate::config::ExplainArgs;
 use crate::plan::indexed::Intervals;
-use crate::plan::{self, BackoffRecord, EventType, Plan, Snapshot, TRACKING_FINALIZER, pods};
-use crate::runtime::{Ownership, controller_of};
+use crate::plan::{
+    self, BackoffRecord, EventType, Plan, Snapshot, TRACKING_FINALIZER, plural, pods,
+};
+use crate::runtime::Ownership;
 
 /// Width of the label column ("Conditions" plus two spaces).
 const LABEL: usize = 12;
@@ -744,14 +747,6 @@ fn names<'a>(all: impl ExactSizeIterator<Item = &'a str>) -> String {
     text
 }
 
-fn plural(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
-
 /// Whole seconds, rounded up (a wait of 300 ms is "1 s", never "0 s").
 fn seconds(d: Duration) -> String {
     format!("{} s", d.as_millis().div_ceil(1000))
@@ -797,7 +792,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::runtime::CONTROLLER_UID_LABEL;
+    use crate::cluster::selector_watches::CONTROLLER_UID_LABEL;
 
     const UID: &str = "job-uid";
     const T0: &str = "2026-01-01T00:00:00Z";

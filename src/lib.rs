@@ -1,18 +1,14 @@
 //! jobkeeper: a Kubernetes Job controller for Jobs whose `spec.managedBy` names it.
+//!
+//! The layers, from the inside out (ARCHITECTURE.md follows a Job through them): [`plan`]
+//! (pure Job semantics), [`cluster`] (what we know), [`act`] (what we do), [`edge`]
+//! (server, metrics, logs, leader election); [`runtime`] connects them.
 #![forbid(unsafe_code)]
 
-pub mod client;
+pub mod act;
+pub mod cluster;
 pub mod config;
-pub mod execute;
-pub mod expectations;
+pub mod edge;
 pub mod explain;
-pub mod leader;
-pub mod metrics;
 pub mod plan;
-pub mod pod_decode;
-pub mod pod_index;
 pub mod runtime;
-pub mod selector_watches;
-pub mod server;
-pub mod status_batch;
-pub mod telemetry;

@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
+use jobkeeper::act::client;
 use jobkeeper::config::{Cli, Command, RunArgs};
-use jobkeeper::metrics::Metrics;
+use jobkeeper::edge::metrics::Metrics;
+use jobkeeper::edge::server::{self, Readiness};
+use jobkeeper::edge::telemetry;
+use jobkeeper::explain;
 use jobkeeper::runtime::{self, Ownership, RuntimeConfig};
-use jobkeeper::server::{self, Readiness};
-use jobkeeper::{client, explain, telemetry};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
@@ -101,7 +103,7 @@ async fn run(config: kube::Config, args: RunArgs) -> anyhow::Result<()> {
     });
 
     if args.leader.leader_elect {
-        jobkeeper::leader::run_elected(
+        jobkeeper::edge::leader::run_elected(
             client,
             &args.leader,
             identity,

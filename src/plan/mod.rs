@@ -231,8 +231,8 @@ impl JobEvent {
     }
 }
 
-/// "1 pod", "3 pods": counts in log lines read as sentences.
-fn plural(n: usize, noun: &str) -> String {
+/// "1 pod", "3 pods": counts in log lines (and `explain`) read as sentences.
+pub fn plural(n: usize, noun: &str) -> String {
     if n == 1 {
         format!("1 {noun}")
     } else {

@@ -83,6 +83,11 @@ pub fn has_finalizer(pod: &Pod, finalizer: &str) -> bool {
         .is_some_and(|f| f.iter().any(|x| x == finalizer))
 }
 
+/// Whether the pod still holds the finalizer that keeps it until it is counted.
+pub fn has_tracking_finalizer(pod: &Pod) -> bool {
+    has_finalizer(pod, super::TRACKING_FINALIZER)
+}
+
 /// The completion index from the pod's annotation; `None` when missing or invalid.
 pub fn completion_index(pod: &Pod) -> Option<i32> {
     let value = pod.metadata.annotations.as_ref()?.get(COMPLETION_INDEX)?;

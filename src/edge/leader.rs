@@ -11,9 +11,9 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::LeaderArgs;
-use crate::metrics::SharedMetrics;
+use crate::edge::metrics::SharedMetrics;
+use crate::edge::server::Readiness;
 use crate::runtime::{self, RuntimeConfig};
-use crate::server::Readiness;
 
 const STANDBY_POLL: Duration = Duration::from_millis(750);
 

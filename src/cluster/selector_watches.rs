@@ -28,7 +28,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::pod_decode::WatchedPod;
+use crate::cluster::pod_decode::WatchedPod;
 
 /// The label the apiserver puts on the pods of Jobs with a generated selector; the main
 /// pod watch selects on it.
@@ -178,7 +178,7 @@ impl SelectorWatches {
         let left = self.left.clone();
         let events = watcher(api, watcher::Config::default().labels(&selector))
             .default_backoff()
-            .map_ok(crate::runtime::unwrap_watched)
+            .map_ok(crate::cluster::pod_decode::unwrap_watched)
             .reflect(writer);
         async move {
             events

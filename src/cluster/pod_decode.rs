@@ -17,11 +17,23 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::Resource;
+use kube::runtime::watcher::Event;
 use serde::Deserialize;
 
 /// A pod as the pod watch decodes it; `.0` is what [`slim_pod`] makes of the full pod.
 #[derive(Clone, Debug)]
 pub struct WatchedPod(pub Pod);
+
+/// The pod watch decodes [`WatchedPod`]s; the caches hold the pods inside.
+pub fn unwrap_watched(event: Event<WatchedPod>) -> Event<Pod> {
+    match event {
+        Event::Apply(p) => Event::Apply(p.0),
+        Event::Delete(p) => Event::Delete(p.0),
+        Event::Init => Event::Init,
+        Event::InitApply(p) => Event::InitApply(p.0),
+        Event::InitDone => Event::InitDone,
+    }
+}
 
 #[derive(Deserialize)]
 struct Wire {

@@ -14,7 +14,7 @@ use http::{Method, Request, Response};
 use kube::client::ClientBuilder;
 use tower::{Layer, Service};
 
-use crate::metrics::SharedMetrics;
+use crate::edge::metrics::SharedMetrics;
 
 /// Builds a client from `config` with the request limit and request metrics.
 pub fn build(

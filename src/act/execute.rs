@@ -2,11 +2,12 @@
 //! nothing about Job rules: those live in the planner.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodStatus};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::PartialObjectMeta;
@@ -16,9 +17,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::expectations::Expectations;
-use crate::metrics::SharedMetrics;
-use crate::plan::{EventType, JobEvent, Plan, PodRef, TRACKING_FINALIZER};
+use crate::cluster::expectations::Expectations;
+use crate::edge::metrics::SharedMetrics;
+use crate::plan::pods::has_tracking_finalizer;
+use crate::plan::{EventType, JobEvent, Plan, PlanOutcome, PodRef, TRACKING_FINALIZER};
 
 /// At most this many pod writes in flight at once for one Job.
 const POD_WRITE_PARALLELISM: usize = 16;
@@ -91,22 +93,21 @@ fn is_not_found(error: &kube::Error) -> bool {
 
 impl Executor<'_> {
     /// Applies `plan`, computed from `job` and `pods`, in the order the planner assumes:
-    /// deletes, creates, adoption, status, finalizer removals.
+    /// deletes, creates, adoption, status, finalizer removals; then tells of it.
     pub async fn apply(
         &self,
         job: &Arc<Job>,
         pods: &[Arc<Pod>],
-        plan: Plan,
+        mut plan: Plan,
     ) -> Result<Step, ExecuteError> {
-        let ns = job.namespace().unwrap_or_default();
         let job_uid = job.uid().unwrap_or_default();
-        let key = format!("{ns}/{}", job.name_any());
-        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let job_ref = job.object_ref(&());
+        let pods_api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default());
         let by_uid: HashMap<&str, &Arc<Pod>> = pods
             .iter()
             .map(|p| (p.metadata.uid.as_deref().unwrap_or_default(), p))
             .collect();
-        let job_ref = job.object_ref(&());
 
         let deleted = self
             .delete_pods(&pods_api, &job_uid, &by_uid, &plan.delete, &job_ref)
@@ -114,79 +115,100 @@ impl Executor<'_> {
         let created = self
             .create_pods(&pods_api, &job_uid, &plan.create, &job_ref)
             .await?;
-        if (!plan.adopt.is_empty() || !plan.release.is_empty())
-            && let Some(step) = self.adopt_and_release(job, &pods_api, &plan).await?
-        {
+        if let Some(step) = self.adopt_and_release(job, &pods_api, &plan).await? {
             return Ok(step);
         }
-
-        let mut wrote_status = false;
-        if let Some(status) = plan.status {
-            let jobs_api: Api<Job> = Api::namespaced(self.client.clone(), &ns);
-            let mut next = (**job).clone();
-            next.status = Some(status);
-            match jobs_api
-                .replace_status(&job.name_any(), &PostParams::default(), &next)
-                .await
-            {
-                Ok(mut written) => {
-                    written.managed_fields_mut().clear();
-                    self.expectations.status_written(
-                        job.resource_version().unwrap_or_default(),
-                        Arc::new(written),
-                    );
-                    wrote_status = true;
-                }
-                Err(e) if code_of(&e) == Some(409) => {
-                    let fresh = jobs_api
-                        .get_opt(&job.name_any())
-                        .await
-                        .map_err(ExecuteError::ReadJob)?;
-                    let fresh = fresh.filter(|j| j.uid() == job.uid()).map(|mut j| {
-                        j.managed_fields_mut().clear();
-                        Arc::new(j)
-                    });
-                    return Ok(Step::Conflict(fresh));
-                }
-                Err(e) if is_not_found(&e) => return Ok(Step::Conflict(None)),
-                Err(e) => return Err(ExecuteError::Status(e)),
-            }
-        }
-
+        let status_written = match self.write_status(job, plan.status.take()).await? {
+            ControlFlow::Continue(written) => written,
+            ControlFlow::Break(step) => return Ok(step),
+        };
         // Reached only when the status write (if any) succeeded: the uncounted lists now
         // hold every pod whose finalizer goes here.
-        let removed = self
+        let finalizers_removed = self
             .remove_finalizers(&pods_api, &job_uid, &plan.remove_finalizers)
             .await?;
-        if removed > 0 {
+        let done = Done {
+            created,
+            deleted,
+            finalizers_removed,
+            status_written,
+        };
+        self.report(job, &job_ref, plan, &done);
+        // After finalizers went, the next plan moves those pods from the uncounted lists
+        // into the counters; do it now rather than wait for the watch.
+        if done.finalizers_removed > 0 || done.deleted > 0 {
+            Ok(Step::Again)
+        } else {
+            Ok(Step::Settled)
+        }
+    }
+
+    /// Writes `status` (if any) with the Job's resourceVersion, so a write based on a stale
+    /// read fails with 409 instead of undoing another's. Continues with whether it wrote;
+    /// breaks with the step to take when the write lost a race or the Job is gone.
+    async fn write_status(
+        &self,
+        job: &Arc<Job>,
+        status: Option<JobStatus>,
+    ) -> Result<ControlFlow<Step, bool>, ExecuteError> {
+        let Some(status) = status else {
+            return Ok(ControlFlow::Continue(false));
+        };
+        let jobs_api: Api<Job> =
+            Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default());
+        let mut next = (**job).clone();
+        next.status = Some(status);
+        match jobs_api
+            .replace_status(&job.name_any(), &PostParams::default(), &next)
+            .await
+        {
+            Ok(mut written) => {
+                written.managed_fields_mut().clear();
+                self.expectations.status_written(
+                    job.resource_version().unwrap_or_default(),
+                    Arc::new(written),
+                );
+                Ok(ControlFlow::Continue(true))
+            }
+            Err(e) if code_of(&e) == Some(409) => {
+                let fresh = jobs_api
+                    .get_opt(&job.name_any())
+                    .await
+                    .map_err(ExecuteError::ReadJob)?;
+                let fresh = fresh.filter(|j| j.uid() == job.uid()).map(|mut j| {
+                    j.managed_fields_mut().clear();
+                    Arc::new(j)
+                });
+                Ok(ControlFlow::Break(Step::Conflict(fresh)))
+            }
+            Err(e) if is_not_found(&e) => Ok(ControlFlow::Break(Step::Conflict(None))),
+            Err(e) => Err(ExecuteError::Status(e)),
+        }
+    }
+
+    /// Publishes the plan's events, logs its decisions and counts what it finished.
+    fn report(&self, job: &Job, job_ref: &ObjectReference, plan: Plan, done: &Done) {
+        for event in plan.events {
+            self.publish(job_ref, event);
+        }
+        log_decisions(job, &plan.decisions, done);
+        self.count(job, &plan.outcome, done);
+    }
+
+    fn count(&self, job: &Job, outcome: &PlanOutcome, done: &Done) {
+        if done.finalizers_removed > 0 {
             self.metrics
                 .terminated_pods_tracking_finalizer
-                .get_or_create(&crate::metrics::EventLabel {
+                .get_or_create(&crate::edge::metrics::EventLabel {
                     event: "delete".into(),
                 })
-                .inc_by(removed as u64);
+                .inc_by(done.finalizers_removed as u64);
         }
-
-        for event in plan.events {
-            self.publish(&job_ref, event);
+        // What finished counts once its status is written.
+        if !done.status_written {
+            return;
         }
-        if !plan.decisions.is_empty() {
-            info!(
-                job = %key,
-                created,
-                deleted,
-                finalizers_removed = removed,
-                status_written = wrote_status,
-                "{}",
-                plan.decisions.join("; ")
-            );
-        } else if deleted + created + removed > 0 || wrote_status {
-            // Counters moving (ready, active) without a decision: not worth an info line.
-            debug!(job = %key, created, deleted, finalizers_removed = removed, status_written = wrote_status, "status updated");
-        }
-        if let Some((result, reason)) = &plan.outcome.finished
-            && wrote_status
-        {
+        if let Some((result, reason)) = &outcome.finished {
             let mode = job
                 .spec
                 .as_ref()
@@ -194,37 +216,28 @@ impl Executor<'_> {
                 .unwrap_or_else(|| "NonIndexed".into());
             self.metrics
                 .jobs_finished
-                .get_or_create(&crate::metrics::JobFinishedLabels {
+                .get_or_create(&crate::edge::metrics::JobFinishedLabels {
                     completion_mode: mode,
                     result: result.clone(),
                     reason: reason.clone(),
                 })
                 .inc();
         }
-        if wrote_status {
-            for (result, n) in &plan.outcome.pods_finished {
-                self.metrics
-                    .pods_finished
-                    .get_or_create(&crate::metrics::ResultLabel {
-                        result: result.clone(),
-                    })
-                    .inc_by(u64::from(*n));
-            }
-            for (action, n) in &plan.outcome.failure_policy_actions {
-                self.metrics
-                    .pod_failures_handled_by_failure_policy
-                    .get_or_create(&crate::metrics::ActionLabel {
-                        action: action.clone(),
-                    })
-                    .inc_by(u64::from(*n));
-            }
+        for (result, n) in &outcome.pods_finished {
+            self.metrics
+                .pods_finished
+                .get_or_create(&crate::edge::metrics::ResultLabel {
+                    result: result.clone(),
+                })
+                .inc_by(u64::from(*n));
         }
-        // After finalizers went, the next plan moves those pods from the uncounted lists
-        // into the counters; do it now rather than wait for the watch.
-        if removed > 0 || deleted > 0 {
-            Ok(Step::Again)
-        } else {
-            Ok(Step::Settled)
+        for (action, n) in &outcome.failure_policy_actions {
+            self.metrics
+                .pod_failures_handled_by_failure_policy
+                .get_or_create(&crate::edge::metrics::ActionLabel {
+                    action: action.clone(),
+                })
+                .inc_by(u64::from(*n));
         }
     }
 
@@ -346,7 +359,8 @@ impl Executor<'_> {
     }
 
     /// Adopts orphans and releases pods that stopped matching. Adoption re-reads the Job
-    /// from the API first, so a Job being deleted never adopts (upstream does the same).
+    /// from the API first, so a Job being deleted never adopts (upstream does the same);
+    /// `Some` is the step to take instead of going on.
     async fn adopt_and_release(
         &self,
         job: &Arc<Job>,
@@ -457,6 +471,40 @@ impl Executor<'_> {
     }
 }
 
+/// What one apply did, for its log line and metrics.
+#[derive(Clone, Copy)]
+struct Done {
+    created: usize,
+    deleted: usize,
+    finalizers_removed: usize,
+    status_written: bool,
+}
+
+/// One info line for a plan that decided something; counters moving (ready, active)
+/// without a decision are not worth more than a debug line.
+fn log_decisions(job: &Job, decisions: &[String], done: &Done) {
+    let key = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
+    let Done {
+        created,
+        deleted,
+        finalizers_removed,
+        status_written,
+    } = *done;
+    if !decisions.is_empty() {
+        info!(
+            job = %key,
+            created,
+            deleted,
+            finalizers_removed,
+            status_written,
+            "{}",
+            decisions.join("; ")
+        );
+    } else if created + deleted + finalizers_removed > 0 || status_written {
+        debug!(job = %key, created, deleted, finalizers_removed, status_written, "status updated");
+    }
+}
+
 /// Upstream's event spam filter (client-go's `EventSourceObjectSpamFilter`): per Job and
 /// reason, a burst of 25 events, then one more every 5 minutes; the rest are dropped. Without
 /// it a 10,000-pod Job publishes 10,000 `SuccessfulCreate` events, each a request.
@@ -557,15 +605,11 @@ fn pods_message(verb: &str, names: &[String]) -> Option<String> {
     }
 }
 
-pub fn has_tracking_finalizer(pod: &Pod) -> bool {
-    pod.finalizers().iter().any(|f| f == TRACKING_FINALIZER)
-}
-
 /// Removes only the tracking finalizer, leaving any others in place.
 /// What asks the apiserver to answer a write with the object's metadata only.
 const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
 
-/// Creates a pod and returns it as stored, slimmed (see [`crate::pod_decode::slim_pod`]).
+/// Creates a pod and returns it as stored, slimmed (see [`crate::cluster::pod_decode::slim_pod`]).
 /// Only its metadata comes back (the rest is what we sent), so neither side encodes or
 /// decodes the whole pod.
 async fn create_pod(client: &Client, api: &Api<Pod>, mut pod: Pod) -> Result<Pod, kube::Error> {
@@ -586,7 +630,7 @@ async fn create_pod(client: &Client, api: &Api<Pod>, mut pod: Pod) -> Result<Pod
         phase: Some("Pending".into()),
         ..PodStatus::default()
     });
-    crate::pod_decode::slim_pod(&mut pod);
+    crate::cluster::pod_decode::slim_pod(&mut pod);
     Ok(pod)
 }
 

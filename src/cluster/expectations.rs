@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::plan::TRACKING_FINALIZER;
+use crate::plan::pods::has_tracking_finalizer;
 
 /// Entries the watch never confirms (a pod created and deleted before the cache saw it)
 /// expire, as upstream's expectations do after five minutes.
@@ -48,13 +48,6 @@ pub struct View {
 
 fn uid_of(pod: &Pod) -> &str {
     pod.metadata.uid.as_deref().unwrap_or_default()
-}
-
-fn has_tracking_finalizer(pod: &Pod) -> bool {
-    pod.metadata
-        .finalizers
-        .as_ref()
-        .is_some_and(|f| f.iter().any(|f| f == TRACKING_FINALIZER))
 }
 
 impl Expectations {
@@ -184,6 +177,7 @@ impl Expectations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::TRACKING_FINALIZER;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn job(uid: &str, rv: &str) -> Arc<Job> {

@@ -10,7 +10,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
 use kube::runtime::reflector::{ObjectRef, ObjectRefExtra, Store};
 use kube::runtime::watcher::Event;
 
@@ -23,12 +27,7 @@ enum Owner {
 }
 
 fn owner_of(pod: &Pod) -> Owner {
-    let controller = pod
-        .metadata
-        .owner_references
-        .as_ref()
-        .and_then(|refs| refs.iter().find(|o| o.controller == Some(true)));
-    match controller {
+    match controller_of(pod) {
         Some(o) => Owner::Controller(o.uid.clone()),
         None => Owner::Orphan(pod.metadata.namespace.clone().unwrap_or_default()),
     }
@@ -120,6 +119,49 @@ impl PodIndex {
     pub fn orphans_in(&self, store: &Store<Pod>, namespace: &str) -> Vec<Arc<Pod>> {
         self.pods(store, &Owner::Orphan(namespace.to_string()))
     }
+}
+
+/// The ownerReference marked as the pod's controller.
+pub fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
+    pod.metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true))
+}
+
+/// The Job's label selector; None when it has none or it cannot be read.
+pub fn selector_of(job: &Job) -> Option<Selector> {
+    let selector = job.spec.as_ref()?.selector.clone()?;
+    Selector::try_from(selector).ok()
+}
+
+/// Pods whose controller ownerReference is `job`, and orphans in its namespace that its
+/// selector matches: from the main pod cache, and for a manualSelector Job also from its
+/// own watch's store (`selected`; the two hold different pods).
+pub fn pods_of(
+    pods: &Store<Pod>,
+    index: &PodIndex,
+    selected: Option<&Store<Pod>>,
+    job: &Job,
+) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
+    let uid = job.metadata.uid.as_deref().unwrap_or_default();
+    let ns = job.metadata.namespace.as_deref().unwrap_or_default();
+    let selector = selector_of(job);
+    let mut owned = index.controlled_by(pods, uid);
+    let mut orphans = index.orphans_in(pods, ns);
+    for pod in selected.map(Store::state).unwrap_or_default() {
+        match controller_of(&pod) {
+            Some(o) if o.uid == uid => owned.push(pod),
+            Some(_) => {}
+            None => orphans.push(pod),
+        }
+    }
+    orphans.retain(|pod| {
+        pod.metadata.deletion_timestamp.is_none()
+            && selector.as_ref().is_some_and(|s| s.matches(pod.labels()))
+    });
+    (owned, orphans)
 }
 
 #[cfg(test)]

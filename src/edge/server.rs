@@ -11,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::metrics::SharedMetrics;
+use crate::edge::metrics::SharedMetrics;
 
 /// Set once the caches have synced (and, with leader election, once this instance is
 /// either leading with synced caches or standing by).

@@ -1,0 +1,8 @@
+//! What the controller knows of the cluster: watch decoding, the pod index, expectations of
+//! its own writes, status batching, the selector watches. Reads and remembers; never writes.
+
+pub mod expectations;
+pub mod pod_decode;
+pub mod pod_index;
+pub mod selector_watches;
+pub mod status_batch;

@@ -1,0 +1,330 @@
+//! Connects the layers: watches fill the caches, their events queue Jobs, each sync plans
+//! from the caches and acts on the plan. Jobs of other controllers are dropped before they
+//! reach the cache; pods are watched by the label every Job pod carries.
+//!
+//! [`controller`] is the wiring; the pieces it connects are [`watches`] (what reaches the
+//! caches), [`sync`] (one Job's sync) and [`cleanup`] (pods nobody syncs any more).
+
+mod cleanup;
+mod sync;
+mod watches;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt, future};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error};
+
+use crate::act::execute::EventSink;
+use crate::cluster::expectations::Expectations;
+use crate::cluster::pod_index::PodIndex;
+use crate::cluster::selector_watches::SelectorWatches;
+use crate::cluster::status_batch::StatusBatcher;
+use crate::config::BUILT_IN_MANAGER;
+use crate::edge::metrics::SharedMetrics;
+use crate::plan::BackoffRecord;
+
+pub use sync::{Pending, SyncError};
+
+/// Which Jobs are ours.
+#[derive(Debug, Clone)]
+pub struct Ownership {
+    pub managed_by: String,
+    pub all_jobs: bool,
+    /// Empty: every namespace.
+    pub namespaces: HashSet<String>,
+}
+
+impl Ownership {
+    pub fn owns(&self, job: &Job) -> bool {
+        if !self.namespaces.is_empty()
+            && !self
+                .namespaces
+                .contains(job.metadata.namespace.as_deref().unwrap_or_default())
+        {
+            return false;
+        }
+        match job.spec.as_ref().and_then(|s| s.managed_by.as_deref()) {
+            Some(m) if m == self.managed_by => true,
+            None => self.all_jobs,
+            Some(m) => self.all_jobs && m == BUILT_IN_MANAGER,
+        }
+    }
+
+    /// Says in words who syncs a Job (for `explain` and logs).
+    pub fn owner_of(&self, job: &Job) -> String {
+        let managed_by = job.spec.as_ref().and_then(|s| s.managed_by.clone());
+        if self.owns(job) {
+            format!(
+                "jobkeeper (spec.managedBy {})",
+                managed_by.as_deref().unwrap_or("unset; --all-jobs")
+            )
+        } else {
+            match managed_by.as_deref() {
+                None | Some(BUILT_IN_MANAGER) => {
+                    "the built-in job controller (spec.managedBy unset)".to_string()
+                }
+                Some(other) => format!("another controller ({other})"),
+            }
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub jobs: Store<Job>,
+    pub pods: Store<Pod>,
+    pub pod_index: PodIndex,
+    pub expectations: Expectations,
+    pub backoff: Mutex<HashMap<String, BackoffRecord>>,
+    pub errors: Mutex<HashMap<String, u32>>,
+    pub events: EventSink,
+    pub metrics: SharedMetrics,
+    pub caches: Caches,
+    pub pending: Pending,
+    pub batcher: Arc<StatusBatcher>,
+    /// By Job UID: when its next sync may start (see [`PLANNING_PACE`]).
+    pub not_before: Mutex<HashMap<String, Instant>>,
+    /// The pod watches of manualSelector Jobs.
+    pub selector_watches: SelectorWatches,
+}
+
+#[derive(Clone)]
+pub struct RuntimeConfig {
+    pub ownership: Ownership,
+    pub concurrency: u16,
+    pub reporter_instance: String,
+    /// Least time between two counter-only status writes of one Job.
+    pub status_batch_period: Duration,
+    /// How long a change of only active/ready/terminating may wait.
+    pub status_gauge_delay: Duration,
+}
+
+/// Whether the controller's caches have synced, for readiness and for syncs that must
+/// not plan from an empty cache.
+///
+/// kube-runtime's `Store::wait_until_ready` wakes only one of several concurrent waiters
+/// (and the controller itself already waits on the Job store), so a single task polls
+/// both stores and publishes the answer on a channel any number of waiters can share.
+#[derive(Clone)]
+pub struct Caches {
+    synced: watch::Receiver<bool>,
+}
+
+impl Caches {
+    fn new(jobs: Store<Job>, pods: Store<Pod>) -> (Caches, impl Future<Output = ()>) {
+        let (tx, rx) = watch::channel(false);
+        let watch_stores = async move {
+            poll_until_ready(&jobs).await;
+            poll_until_ready(&pods).await;
+            debug!("caches synced");
+            tx.send(true).ok();
+            // Keep the sender alive so waiters see `true`, not a closed channel.
+            future::pending::<()>().await;
+        };
+        (Caches { synced: rx }, watch_stores)
+    }
+
+    pub async fn wait_until_ready(&self) {
+        let mut synced = self.synced.clone();
+        synced.wait_for(|s| *s).await.ok();
+    }
+}
+
+async fn poll_until_ready<K>(store: &Store<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    // Each poll registers our waker anew; if another waiter took the wake-up, the next
+    // round sees the store ready.
+    while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
+        .await
+        .is_err()
+    {}
+}
+
+/// Builds the caches and returns them with the future that runs the controller until
+/// `shutdown` resolves.
+pub fn controller(
+    client: Client,
+    config: RuntimeConfig,
+    metrics: SharedMetrics,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> (Caches, impl Future<Output = ()>) {
+    let (jobs, job_writer) = reflector::store();
+    let (pods, pod_writer) = reflector::store();
+    let (deleted_tx, deleted_rx) = mpsc::unbounded_channel();
+    let (left_tx, left_rx) = mpsc::unbounded_channel();
+    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
+    let selector_watches = SelectorWatches::new(client.clone(), wake_tx, left_tx.clone());
+    let (ctx, background) = context(&client, &config, metrics, jobs, pods, selector_watches);
+
+    let (jobs_api, pods_api) = watches::apis(&client, &config.ownership.namespaces);
+    let ownership = config.ownership.clone();
+    let job_events = watches::job_watch(jobs_api, job_writer, ownership, deleted_tx, &ctx);
+    let namespaces = config.ownership.namespaces.clone();
+    let pod_index = ctx.pod_index.clone();
+    let pod_events = watches::pod_watch(pods_api, pod_writer, namespaces, left_tx, pod_index);
+    let cleanup = cleanup::cleanup_tasks(ctx.clone(), deleted_rx, left_rx);
+    let caches = ctx.caches.clone();
+    let syncs = sync_loop(
+        job_events,
+        pod_events,
+        wake_rx,
+        ctx,
+        config.concurrency,
+        shutdown,
+    );
+
+    let run = async move {
+        tokio::select! {
+            _ = syncs => {}
+            _ = cleanup => {}
+            _ = background => {}
+        }
+    };
+    (caches, run)
+}
+
+/// What every sync reads and writes through, with the tasks that keep it going (the
+/// caches' readiness, the ordered publishing of events).
+fn context(
+    client: &Client,
+    config: &RuntimeConfig,
+    metrics: SharedMetrics,
+    jobs: Store<Job>,
+    pods: Store<Pod>,
+    selector_watches: SelectorWatches,
+) -> (Arc<Context>, impl Future<Output = ()> + use<>) {
+    let (events, publish_events) = event_sink(client, &config.reporter_instance);
+    let (caches, watch_stores) = Caches::new(jobs.clone(), pods.clone());
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        jobs,
+        pods,
+        pod_index: PodIndex::default(),
+        expectations: Expectations::default(),
+        backoff: Mutex::default(),
+        errors: Mutex::default(),
+        events,
+        pending: Pending::new(metrics.queue_depth.clone()),
+        metrics,
+        caches,
+        batcher: Arc::new(StatusBatcher::new(
+            config.status_batch_period,
+            config.status_gauge_delay,
+        )),
+        not_before: Mutex::default(),
+        selector_watches,
+    });
+    let background = async move {
+        tokio::select! {
+            _ = watch_stores => {}
+            _ = publish_events => {}
+        }
+    };
+    (ctx, background)
+}
+
+/// Job events, as this instance publishes them, and the task that publishes them.
+fn event_sink(client: &Client, instance: &str) -> (EventSink, impl Future<Output = ()> + use<>) {
+    let reporter = Reporter {
+        controller: "jobkeeper".into(),
+        instance: Some(instance.to_string()),
+    };
+    EventSink::new(Recorder::new(client.clone(), reporter))
+}
+
+/// The queue and its workers: a Job is synced on its own events, its pods' events and its
+/// selector watch's wake-ups, `concurrency` Jobs at a time, until `shutdown`.
+fn sync_loop(
+    job_events: impl Stream<Item = Result<Job, watcher::Error>> + Send + 'static,
+    pod_events: impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static,
+    wake: impl Stream<Item = ObjectRef<Job>> + Send + 'static,
+    ctx: Arc<Context>,
+    concurrency: u16,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> impl Future<Output = ()> {
+    let managed_jobs = ctx.metrics.managed_jobs.clone();
+    let jobs = ctx.jobs.clone();
+    let pending = ctx.pending.clone();
+    Controller::for_stream(job_events, ctx.jobs.clone())
+        .watches_stream(
+            pod_events,
+            watches::jobs_to_wake(ctx.jobs.clone(), pending.clone()),
+        )
+        .reconcile_on(wake.inspect(move |job| pending.add(job.clone())))
+        .with_config(controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(sync::reconcile, sync::error_policy, ctx)
+        .for_each(move |result| {
+            managed_jobs.set(jobs.len() as i64);
+            if let Err(e) = result {
+                match e {
+                    controller::Error::ObjectNotFound(_) => {}
+                    controller::Error::ReconcilerFailed(..) => {}
+                    other => error!(error = %other, "controller stream error"),
+                }
+            }
+            future::ready(())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::batch::v1::JobSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn job(ns: &str, managed_by: Option<&str>) -> Job {
+        Job {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            spec: Some(JobSpec {
+                managed_by: managed_by.map(Into::into),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn owns_only_jobs_managed_by_us_unless_all_jobs() {
+        let ours = "jobkeeper.dev/job-controller";
+        let o = Ownership {
+            managed_by: ours.into(),
+            all_jobs: false,
+            namespaces: HashSet::new(),
+        };
+        assert!(o.owns(&job("a", Some(ours))));
+        assert!(!o.owns(&job("a", None)));
+        assert!(!o.owns(&job("a", Some(BUILT_IN_MANAGER))));
+        assert!(!o.owns(&job("a", Some("example.com/other"))));
+        let all = Ownership {
+            all_jobs: true,
+            ..o.clone()
+        };
+        assert!(all.owns(&job("a", None)));
+        assert!(all.owns(&job("a", Some(BUILT_IN_MANAGER))));
+        assert!(!all.owns(&job("a", Some("example.com/other"))));
+        let scoped = Ownership {
+            namespaces: HashSet::from(["b".to_string()]),
+            ..o
+        };
+        assert!(!scoped.owns(&job("a", Some(ours))));
+        assert!(scoped.owns(&job("b", Some(ours))));
+    }
+}

@@ -1,0 +1,248 @@
+//! One Job's sync: wait for the caches, pace, read the Job and its pods through the
+//! expectations, plan, hold counter-only status writes, act; and what a failed sync does.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use tracing::{debug, info, warn};
+
+use super::Context;
+use crate::act::execute::{self, ExecuteError, Executor, Step};
+use crate::cluster::pod_index::pods_of;
+use crate::cluster::status_batch;
+use crate::plan::{self, BackoffRecord, Snapshot};
+
+/// A sync plans and applies at most this many steps before yielding to other Jobs.
+const MAX_STEPS_PER_SYNC: usize = 6;
+
+/// A Job whose planning took `t` is not synced again until `PLANNING_PACE × t` after its
+/// sync ended, so one Job with thousands of pods spends at most 1 / (1 + PLANNING_PACE)
+/// of a core re-reading them; the pod events of the pause are handled by one sync.
+/// Planning a Job of a few pods takes microseconds, so they see no pause.
+const PLANNING_PACE: u32 = 3;
+
+/// Pauses shorter than this are not kept (no entry for the Jobs of a few pods).
+const MIN_PACING_PAUSE: Duration = Duration::from_millis(1);
+
+/// Jobs triggered by a watch event whose sync has not started yet: the controller's
+/// queue, deduplicated as it is, for the `queue_depth` gauge.
+#[derive(Clone, Default)]
+pub struct Pending {
+    keys: Arc<Mutex<HashSet<ObjectRef<Job>>>>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Pending {
+    pub(super) fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        Pending {
+            keys: Arc::default(),
+            gauge,
+        }
+    }
+
+    pub(super) fn add(&self, key: ObjectRef<Job>) {
+        let mut keys = self.keys.lock().expect("pending lock");
+        keys.insert(key);
+        self.gauge.set(keys.len() as i64);
+    }
+
+    fn started(&self, key: &ObjectRef<Job>) {
+        let mut keys = self.keys.lock().expect("pending lock");
+        keys.remove(key);
+        self.gauge.set(keys.len() as i64);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Execute(#[from] ExecuteError),
+}
+
+pub(super) async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, SyncError> {
+    // Never plan from an empty pod cache: that would create every pod again.
+    ctx.caches.wait_until_ready().await;
+    let uid = job.uid().unwrap_or_default();
+    let not_before = ctx
+        .not_before
+        .lock()
+        .expect("pacing lock")
+        .get(&uid)
+        .copied();
+    // Too soon after the last sync: come back when due (not holding a worker meanwhile).
+    if let Some(wait) = not_before.and_then(|at| at.checked_duration_since(Instant::now())) {
+        return Ok(Action::requeue(wait));
+    }
+    ctx.pending.started(&ObjectRef::from_obj(&*job));
+    let started = Instant::now();
+    let mut planning = Duration::ZERO;
+    let result = sync(job.clone(), &ctx, &mut planning).await;
+    let pause = planning * PLANNING_PACE;
+    let mut pacing = ctx.not_before.lock().expect("pacing lock");
+    if pause >= MIN_PACING_PAUSE {
+        pacing.insert(uid.clone(), Instant::now() + pause);
+    } else {
+        pacing.remove(&uid);
+    }
+    drop(pacing);
+    match &result {
+        Ok(_) => {
+            ctx.metrics.observe_sync("success", started.elapsed());
+            ctx.errors.lock().expect("errors lock").remove(&uid);
+        }
+        Err(SyncError::Execute(e)) => {
+            ctx.metrics.observe_sync("error", started.elapsed());
+            ctx.metrics
+                .reconcile_errors
+                .get_or_create(&crate::edge::metrics::ErrorLabel {
+                    kind: e.kind().into(),
+                })
+                .inc();
+        }
+    }
+    result
+}
+
+/// Adds the time spent reading caches and planning (not waiting on the apiserver) to
+/// `planning`.
+async fn sync(job: Arc<Job>, ctx: &Context, planning: &mut Duration) -> Result<Action, SyncError> {
+    let job_ref = ObjectRef::from_obj(&*job);
+    // A manualSelector Job's pods are in a watch of its own; never plan before it listed.
+    let Ok(selected) = ctx.selector_watches.pods_store(&job).await else {
+        debug!(job = %job_ref, "the Job's selector watch has not listed yet");
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    };
+    let mut fresh: Option<Arc<Job>> = None;
+    for _ in 0..MAX_STEPS_PER_SYNC {
+        let planning_started = Instant::now();
+        let cached = match fresh.take().or_else(|| ctx.jobs.get(&job_ref)) {
+            Some(j) if j.uid() == job.uid() => j,
+            _ => return Ok(Action::await_change()),
+        };
+        let (owned, orphans) = pods_of(&ctx.pods, &ctx.pod_index, selected.as_ref(), &cached);
+        let view = ctx.expectations.view(cached, owned, &orphans);
+        let uid = view.job.uid().unwrap_or_default();
+        let backoff = ctx.backoff_of(&uid);
+        let snapshot = Snapshot {
+            job: &view.job,
+            pods: view.pods.iter().map(|p| &**p).collect(),
+            orphans: orphans.iter().map(|p| &**p).collect(),
+            finalizer_removed: &view.finalizer_removed,
+            backoff: &backoff,
+            now: Timestamp::now(),
+        };
+        let mut plan = plan::plan(&snapshot);
+        let held = hold_counter_only_status(ctx, &view.job, &uid, &mut plan);
+        *planning += planning_started.elapsed();
+        let requeue = plan.requeue_after;
+        // The backoff record counts failures the status records: keep it only once that
+        // status is written, or a retried sync would count the same failures again.
+        let backoff_after_write = plan.status.is_some().then(|| plan.backoff.clone());
+        // A held status still counts these failures: its backoff record waits with it.
+        if plan.status.is_none() && !held {
+            ctx.keep_backoff(&uid, plan.backoff.clone());
+        }
+        if plan.is_noop() {
+            return Ok(action_for(requeue));
+        }
+        let writes_status = plan.status.is_some();
+        let finishes = plan.outcome.finished.is_some();
+        let step = ctx.executor().apply(&view.job, &view.pods, plan).await?;
+        if let (Step::Settled | Step::Again, true) = (&step, writes_status) {
+            if finishes {
+                ctx.batcher.forget(&uid);
+            } else {
+                ctx.batcher.written(&uid, Instant::now());
+            }
+        }
+        if let (Step::Settled | Step::Again, Some(record)) = (&step, backoff_after_write) {
+            ctx.keep_backoff(&uid, record);
+        }
+        match step {
+            Step::Settled => return Ok(action_for(requeue)),
+            Step::Again => {}
+            Step::Conflict(None) => return Ok(Action::await_change()),
+            Step::Conflict(Some(job)) => {
+                debug!(job = %job_ref, "status write conflicted; planning again from the live Job");
+                fresh = Some(job);
+            }
+        }
+    }
+    // Still moving: come back soon, after other Jobs had their turn.
+    Ok(Action::requeue(Duration::from_millis(50)))
+}
+
+impl Context {
+    fn backoff_of(&self, uid: &str) -> BackoffRecord {
+        let records = self.backoff.lock().expect("backoff lock");
+        records.get(uid).cloned().unwrap_or_default()
+    }
+
+    fn keep_backoff(&self, uid: &str, record: BackoffRecord) {
+        let mut records = self.backoff.lock().expect("backoff lock");
+        records.insert(uid.to_string(), record);
+    }
+
+    fn executor(&self) -> Executor<'_> {
+        Executor {
+            client: &self.client,
+            expectations: &self.expectations,
+            events: &self.events,
+            metrics: &self.metrics,
+        }
+    }
+}
+
+/// Holds back a status write that only moves counters (see [`status_batch`]): the status
+/// and the finalizer removals that depend on it wait, pod creates and deletes go ahead,
+/// and the Job is planned again when the write is due. True when the write was held.
+fn hold_counter_only_status(ctx: &Context, job: &Job, uid: &str, plan: &mut plan::Plan) -> bool {
+    let Some(next) = plan.status.as_ref() else {
+        return false;
+    };
+    if !plan.events.is_empty() || plan.outcome.finished.is_some() {
+        return false;
+    }
+    let urgency = status_batch::urgency(job.status.as_ref(), next);
+    let Some(wait) = ctx.batcher.hold(uid, urgency, Instant::now()) else {
+        return false;
+    };
+    plan.status = None;
+    plan.remove_finalizers.clear();
+    plan.outcome.pods_finished.clear();
+    plan.outcome.failure_policy_actions.clear();
+    plan.requeue_after = Some(plan.requeue_after.map_or(wait, |r| r.min(wait)));
+    ctx.metrics.status_writes_held.inc();
+    true
+}
+
+fn action_for(requeue: Option<Duration>) -> Action {
+    match requeue {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    }
+}
+
+pub(super) fn error_policy(job: Arc<Job>, error: &SyncError, ctx: Arc<Context>) -> Action {
+    let uid = job.uid().unwrap_or_default();
+    let failures = {
+        let mut errors = ctx.errors.lock().expect("errors lock");
+        let n = errors.entry(uid).or_default();
+        *n += 1;
+        *n
+    };
+    let key = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
+    // A sync that fails once is routine (a pod gone, a quota hit); keep retrying, louder.
+    if failures > 3 {
+        warn!(job = %key, failures, error = %error, "sync keeps failing");
+    } else {
+        info!(job = %key, error = %error, "sync failed; retrying");
+    }
+    Action::requeue(execute::error_backoff(failures - 1))
+}
