@@ -114,7 +114,8 @@ pub struct LeaderArgs {
     /// How long a lease holds without renewal, e.g. 15s.
     #[arg(long, env = "JOBKEEPER_LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub leader_elect_lease_duration: Duration,
-    /// This instance's identity in the Lease (default: the host name).
+    /// This instance's name in the Lease (default: the host name); the holder identity is
+    /// `<name>_<random>`, unique per process.
     #[arg(long, env = "POD_NAME")]
     pub leader_elect_identity: Option<String>,
 }

@@ -62,11 +62,13 @@ async fn run(config: kube::Config, args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
     )?;
     let readiness = Readiness::default();
-    let identity = args
-        .leader
-        .leader_elect_identity
-        .clone()
-        .unwrap_or_else(hostname);
+    let identity = process_identity(
+        &args
+            .leader
+            .leader_elect_identity
+            .clone()
+            .unwrap_or_else(hostname),
+    );
     info!(
         managed_by = %args.managed_by,
         all_jobs = args.all_jobs,
@@ -130,6 +132,17 @@ async fn run(config: kube::Config, args: RunArgs) -> anyhow::Result<()> {
     }
     info!("jobkeeper stopped");
     Ok(())
+}
+
+/// `<name>_<random>`: unique per process, as client-go's leader election makes it. A
+/// leader whose container restarts (after a SIGKILL, an OOM kill) comes back as a new
+/// candidate that waits for the old lease to expire like everyone else, instead of finding
+/// the Lease in its own name and leading on at once.
+fn process_identity(name: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    format!("{name}_{:08x}", hasher.finish() as u32)
 }
 
 fn hostname() -> String {

@@ -205,6 +205,13 @@ async fn lease(client: &Client) -> Option<(String, u64)> {
     ))
 }
 
+/// The pod whose process holds the Lease: holder identities are `<pod name>_<random>`,
+/// one per process.
+fn pod_of(holder: &str) -> &str {
+    holder.rsplit_once('_').map_or(holder, |(pod, _)| pod)
+}
+
+/// The holder identity and lease duration, once one of `pods` holds the Lease.
 async fn lease_holder_among(client: &Client, pods: &[Pod]) -> (String, u64) {
     let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
     wait_for(
@@ -213,7 +220,7 @@ async fn lease_holder_among(client: &Client, pods: &[Pod]) -> (String, u64) {
         || async {
             lease(client)
                 .await
-                .filter(|(holder, _)| names.contains(holder))
+                .filter(|(holder, _)| names.iter().any(|n| n == pod_of(holder)))
         },
     )
     .await
@@ -310,6 +317,7 @@ async fn replicas_come_up_restricted_with_one_leader(client: &Client) -> String 
         assert_nonroot_read_only(pod);
     }
     let (holder, _) = lease_holder_among(client, &pods).await;
+    let holder = pod_of(&holder).to_string();
     let mut gauges = Vec::new();
     for pod in &pods {
         gauges.push((pod.name_any(), leader_gauge(pod).await));
@@ -449,7 +457,8 @@ async fn samples_end_as_under_the_builtin_controller() -> TestEnv {
 async fn leader_logs_json_decisions(client: &Client, leader: &str, ns: &str) {
     let (holder, _) = lease(client).await.expect("the Lease");
     assert_eq!(
-        holder, leader,
+        pod_of(&holder),
+        leader,
         "the Lease stayed with {leader} while the samples ran"
     );
     let logs = run(&["-n", SYSTEM_NS, "logs", leader]);
@@ -638,46 +647,34 @@ fn take_down(handover: Handover, leader: &Pod) {
     }
 }
 
-fn restarts(pod: &Pod) -> i32 {
-    pod.status
-        .as_ref()
-        .and_then(|s| {
-            s.container_statuses
-                .as_ref()?
-                .first()
-                .map(|c| c.restart_count)
-        })
-        .unwrap_or(0)
-}
-
-/// Who holds the Lease after the leader went: `Some(true)` the standby, `Some(false)` the
-/// leader's pod again through a new process (its container restarted), `None` neither yet.
-async fn new_holder(client: &Client, leader: &Pod, standby: &Pod) -> Option<bool> {
+/// Who holds the Lease after the leader's process went: `Some(true)` the standby,
+/// `Some(false)` a new process in the leader's pod (its container restarted), `None` still
+/// the old process's identity.
+async fn new_holder(client: &Client, old: &str, leader: &Pod, standby: &Pod) -> Option<bool> {
     let (holder, _) = lease(client).await?;
-    if holder == standby.name_any() {
+    if holder == old {
+        return None;
+    }
+    let pod = pod_of(&holder);
+    if pod == standby.name_any() {
         return Some(true);
     }
-    let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NS);
-    let now = pods.get_opt(&leader.name_any()).await.ok()??;
-    (holder == leader.name_any() && restarts(&now) > restarts(leader) && is_running_and_ready(&now))
-        .then_some(false)
+    (pod == leader.name_any()).then_some(false)
 }
 
 /// Step 4: while a Job runs, the leader goes; within the lease duration + 5 s a new
 /// process holds the Lease, the Job completes with exact counts, and the audit log shows
 /// one status writer at a time.
 ///
-/// A deleted leader pod releases the Lease on SIGTERM and the standby takes it. A SIGKILLed
-/// leader's container is restarted by the kubelet within about a second, and the new
-/// process, whose identity is still the pod name (POD_NAME), finds the Lease naming itself
-/// and leads again before the standby could: safe (the killed process is gone, as the audit
-/// check shows), but not a standby takeover. The test accepts either there and says which;
-/// a standby takeover would need a per-process identity, a change in src/.
+/// A deleted leader pod releases the Lease on SIGTERM and the standby takes it at once. A
+/// SIGKILLed leader's container is restarted by the kubelet within about a second, as a new
+/// process with a new identity (`<pod>_<random>`): it and the standby both wait for the
+/// old lease to expire, and either may win; the test says which.
 async fn failover(client: &Client, handover: Handover) {
     let pods = ready_replicas(client, Duration::from_secs(90)).await;
     let (holder, duration) = lease_holder_among(client, &pods).await;
     let (leader, standby): (Vec<&Pod>, Vec<&Pod>) =
-        pods.iter().partition(|p| p.name_any() == holder);
+        pods.iter().partition(|p| p.name_any() == pod_of(&holder));
     let (leader, standby) = (leader[0], standby[0]);
     let name = format!("failover-{handover:?}").to_lowercase();
     let env = running_sleeper(&name).await;
@@ -686,13 +683,13 @@ async fn failover(client: &Client, handover: Handover) {
     let by_standby = wait_for(
         &format!("after {handover:?} of {holder}, a new process to hold the Lease"),
         Duration::from_secs(duration + 5),
-        || new_holder(client, leader, standby),
+        || new_holder(client, &holder, leader, standby),
     )
     .await;
     let who = if by_standby {
         format!("the standby {}", standby.name_any())
     } else {
-        format!("{holder}'s restarted container")
+        format!("{}'s restarted container", leader.name_any())
     };
     eprintln!(
         "{handover:?}: {who} holds the Lease after {:?} (lease duration {duration} s)",
