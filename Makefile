@@ -50,7 +50,7 @@ TEST_CLUSTER ?= $(CURDIR)/target/test-cluster
 TEST_REAL_CLUSTER ?= $(CURDIR)/target/test-cluster-real
 integration: control-plane node image
 	@status=0; JOBKEEPER_TEST_CLUSTER=$(TEST_CLUSTER) JOBKEEPER_TEST_REAL_CLUSTER=$(TEST_REAL_CLUSTER) \
-	  JOBKEEPER_IMAGE_ARCHIVE=$(IMAGE_ARCHIVE) cargo test --test '*' -- --test-threads=4 || status=$$?; \
+	  JOBKEEPER_IMAGE_ARCHIVE=$(IMAGE_ARCHIVE) cargo test --no-fail-fast --test '*' -- --test-threads=4 || status=$$?; \
 	  if [ -z "$(KEEP_CLUSTER)" ]; then tests/cluster/down.sh $(TEST_CLUSTER); \
 	    tests/cluster/down.sh $(TEST_REAL_CLUSTER); fi; exit $$status
 
