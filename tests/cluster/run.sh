@@ -18,19 +18,24 @@ REAL_NODE=1 KWOK_NODES=0 "$here/up.sh" "$dir" >/dev/null
 
 k() { "$("$here/build.sh")/kubectl" --kubeconfig "$dir/admin.kubeconfig" "$@"; }
 cd "$repo"
+installed=$(k -n jobkeeper-system get deploy/jobkeeper -o name 2>/dev/null || true)
 k apply -k deploy/
-# A reinstall with a new image of the same tag: the pods must start from the new one.
-k -n jobkeeper-system rollout restart deploy/jobkeeper >/dev/null
+# A reinstall with a new image under the same tag: the pods must start from the new one.
+[ -z "$installed" ] || k -n jobkeeper-system rollout restart deploy/jobkeeper >/dev/null
 k -n jobkeeper-system rollout status deploy/jobkeeper --timeout=180s
 k apply -f deploy/examples/
 
+# The Lease names the leader's process, `<pod name>_<random>`.
 leader=""
 for _ in $(seq 1 120); do
-  leader=$(k -n jobkeeper-system get lease jobkeeper -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true)
-  [ -n "$leader" ] && k -n jobkeeper-system get pod "$leader" >/dev/null 2>&1 && break
+  holder=$(k -n jobkeeper-system get lease jobkeeper -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true)
+  if [ -n "$holder" ] && k -n jobkeeper-system get pod "${holder%_*}" >/dev/null 2>&1; then
+    leader=${holder%_*}
+    break
+  fi
   sleep 0.5
 done
-[ -n "$leader" ] || { say "no replica took the Lease jobkeeper-system/jobkeeper"; exit 1; }
+[ -n "$leader" ] || { say "no replica of jobkeeper-system/jobkeeper took the Lease"; exit 1; }
 cat >&2 <<MSG
 run: jobkeeper runs in-cluster; the leader is $leader. In another shell:
   export KUBECONFIG=$dir/admin.kubeconfig PATH=$("$here/build.sh"):\$PATH
