@@ -19,10 +19,6 @@ use serde_json::json;
 use support::twins::{Outcome, drive, wait_no_tracking_finalizer};
 use support::*;
 
-fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
-    serde_json::from_value(value).expect("a valid API object")
-}
-
 fn spec(j: &mut Job) -> &mut k8s_openapi::api::batch::v1::JobSpec {
     j.spec.as_mut().unwrap()
 }
@@ -61,16 +57,6 @@ fn not_terminate(mut j: Job) -> Job {
 fn failing(mut j: Job, code: i32) -> Job {
     pod_annotation(&mut j, "jobkeeper.dev/exit-code", &code.to_string());
     j
-}
-
-fn condition_reason(status: &JobStatus, type_: &str) -> Option<String> {
-    status
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == "True")?
-        .reason
-        .clone()
 }
 
 /// Waits for the condition and checks its reason (upstream's `WaitForJobCondition`).

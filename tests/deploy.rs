@@ -524,12 +524,7 @@ async fn example_jobs_finish_under_the_deploy_rbac() {
         Some(3),
         "backoffLimit 2: the third failure fails the Job"
     );
-    let reason = failing
-        .conditions
-        .unwrap_or_default()
-        .into_iter()
-        .find(|c| c.type_ == "Failed")
-        .and_then(|c| c.reason);
+    let reason = condition_reason(&failing, "Failed");
     assert_eq!(reason.as_deref(), Some("BackoffLimitExceeded"));
     env.assert_no_rejected_status().await;
     let forbidden = env

@@ -21,20 +21,6 @@ use support::*;
 /// A finalizer of the test's own that keeps deleted pods terminating until released.
 const HOLD: &str = "test.jobkeeper.dev/hold";
 
-fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
-    serde_json::from_value(value).expect("a valid API object")
-}
-
-fn reason_of(status: &k8s_openapi::api::batch::v1::JobStatus, type_: &str) -> Option<String> {
-    status
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == "True")?
-        .reason
-        .clone()
-}
-
 fn indexed(j: &mut Job, completions: i32, parallelism: i32) {
     let s = j.spec.as_mut().unwrap();
     s.completion_mode = Some("Indexed".into());
@@ -110,11 +96,11 @@ async fn pod_failure_policy_fail_job_on_exit_code() {
         .await;
     let end = twins.assert_same_end("Failed").await;
     assert_eq!(
-        reason_of(&end, "Failed").as_deref(),
+        condition_reason(&end, "Failed").as_deref(),
         Some("PodFailurePolicy")
     );
     assert_eq!(
-        reason_of(&end, "FailureTarget").as_deref(),
+        condition_reason(&end, "FailureTarget").as_deref(),
         Some("PodFailurePolicy")
     );
 }
@@ -172,7 +158,7 @@ async fn pod_failure_policy_count_rule_matches_before_a_later_fail_job_rule() {
     let end = twins.assert_same_end("Failed").await;
     // Counted towards backoffLimit 0, so the Job fails, but not by the FailJob rule.
     assert_eq!(
-        reason_of(&end, "Failed").as_deref(),
+        condition_reason(&end, "Failed").as_deref(),
         Some("BackoffLimitExceeded")
     );
     assert_eq!(end.failed, Some(1));
@@ -219,7 +205,10 @@ async fn pod_failure_policy_fail_index_with_backoff_limit_per_index() {
     }
     twins.each_pod(&retried, all, Outcome::Succeed).await;
     let end = twins.assert_same_end("Failed").await;
-    assert_eq!(reason_of(&end, "Failed").as_deref(), Some("FailedIndexes"));
+    assert_eq!(
+        condition_reason(&end, "Failed").as_deref(),
+        Some("FailedIndexes")
+    );
     assert_eq!(end.completed_indexes.as_deref(), Some("0,2"));
     assert_eq!(end.failed_indexes.as_deref(), Some("1"));
 }
@@ -247,7 +236,7 @@ async fn max_failed_indexes_exceeded() {
     twins.each_pod(&pods, all, Outcome::Fail(1)).await;
     let end = twins.assert_same_end("Failed").await;
     assert_eq!(
-        reason_of(&end, "Failed").as_deref(),
+        condition_reason(&end, "Failed").as_deref(),
         Some("MaxFailedIndexesExceeded")
     );
     assert_eq!(end.failed_indexes.as_deref(), Some("0,1"));
@@ -268,7 +257,7 @@ async fn success_policy_succeeded_indexes_with_pending_indexes() {
     twins.each_pod(&pods, is_index(0), Outcome::Succeed).await;
     let end = twins.assert_same_end("Complete").await;
     assert_eq!(
-        reason_of(&end, "Complete").as_deref(),
+        condition_reason(&end, "Complete").as_deref(),
         Some("SuccessPolicy")
     );
     assert_eq!(end.completed_indexes.as_deref(), Some("0"));
@@ -293,7 +282,7 @@ async fn success_policy_succeeded_count_with_pending_indexes() {
     twins.each_pod(&pods, is_index(2), Outcome::Succeed).await;
     let end = twins.assert_same_end("Complete").await;
     assert_eq!(
-        reason_of(&end, "Complete").as_deref(),
+        condition_reason(&end, "Complete").as_deref(),
         Some("SuccessPolicy")
     );
     assert_eq!(end.completed_indexes.as_deref(), Some("0,2"));
@@ -321,7 +310,7 @@ async fn success_policy_succeeded_indexes_with_succeeded_count() {
     twins.each_pod(&pods, is_index(3), Outcome::Succeed).await;
     let end = twins.assert_same_end("Complete").await;
     assert_eq!(
-        reason_of(&end, "Complete").as_deref(),
+        condition_reason(&end, "Complete").as_deref(),
         Some("SuccessPolicy")
     );
     assert_eq!(end.completed_indexes.as_deref(), Some("0,1,3"));
@@ -499,7 +488,7 @@ async fn pod_failure_policy_fail_job_on_pod_condition_names_the_condition() {
         .await;
     let end = twins.assert_same_end("Failed").await;
     assert_eq!(
-        reason_of(&end, "Failed").as_deref(),
+        condition_reason(&end, "Failed").as_deref(),
         Some("PodFailurePolicy")
     );
 }
@@ -646,7 +635,7 @@ async fn fail_job_waits_for_terminating_pods_before_failed() {
     }
     let end = twins.assert_same_end("Failed").await;
     assert_eq!(
-        reason_of(&end, "Failed").as_deref(),
+        condition_reason(&end, "Failed").as_deref(),
         Some("PodFailurePolicy")
     );
 }

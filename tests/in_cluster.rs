@@ -436,12 +436,7 @@ async fn samples_end_as_under_the_builtin_controller() -> TestEnv {
         Some("0-4")
     );
     let failing = ours.status("failing").await;
-    let reason = failing
-        .conditions
-        .unwrap_or_default()
-        .into_iter()
-        .find(|c| c.type_ == "Failed")
-        .and_then(|c| c.reason);
+    let reason = condition_reason(&failing, "Failed");
     assert_eq!(
         reason.as_deref(),
         Some("BackoffLimitExceeded"),

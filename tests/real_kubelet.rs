@@ -20,20 +20,6 @@ use support::*;
 const FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
 const IGNORED_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-ignored-failure-count";
 
-fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
-    serde_json::from_value(value).expect("a valid API object")
-}
-
-fn reason_of(status: &JobStatus, type_: &str) -> Option<String> {
-    status
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == "True")?
-        .reason
-        .clone()
-}
-
 fn message_of(status: &JobStatus, type_: &str) -> Option<String> {
     status
         .conditions
@@ -138,7 +124,7 @@ async fn on_failure_container_restarts_reach_the_backoff_limit() {
     .await;
     let end = twins.assert_same_end("Failed").await;
     assert_eq!(
-        reason_of(&end, "Failed").as_deref(),
+        condition_reason(&end, "Failed").as_deref(),
         Some("BackoffLimitExceeded")
     );
     // Its only pod never failed (the kubelet restarted its container in place): it counts
@@ -177,7 +163,7 @@ async fn active_deadline_stops_running_containers_and_counts_them_terminating() 
     );
     let end = twins.assert_same_end("Failed").await;
     assert_eq!(
-        reason_of(&end, "Failed").as_deref(),
+        condition_reason(&end, "Failed").as_deref(),
         Some("DeadlineExceeded")
     );
     assert_eq!(end.failed, Some(2));
@@ -253,7 +239,7 @@ async fn pod_failure_policy_fail_job_on_a_real_exit_code() {
     .await;
     let end = twins.assert_same_end("Failed").await;
     assert_eq!(
-        reason_of(&end, "Failed").as_deref(),
+        condition_reason(&end, "Failed").as_deref(),
         Some("PodFailurePolicy")
     );
     let message = message_of(&end, "Failed").unwrap_or_default();

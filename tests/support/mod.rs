@@ -692,6 +692,22 @@ pub fn is_active(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none() && phase != "Succeeded" && phase != "Failed"
 }
 
+/// The reason of the Job's condition `type_`, if it is True.
+pub fn condition_reason(status: &JobStatus, type_: &str) -> Option<String> {
+    status
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")?
+        .reason
+        .clone()
+}
+
+/// An API type from its JSON, for the parts of a spec that read best as JSON.
+pub fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).expect("a valid API object")
+}
+
 pub fn has_condition(status: &JobStatus, type_: &str) -> bool {
     status
         .conditions
