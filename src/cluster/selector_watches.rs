@@ -133,14 +133,6 @@ impl SelectorWatches {
             .retain(|uid, _| live.contains(uid));
     }
 
-    pub fn len(&self) -> usize {
-        self.watches.lock().expect("selector watches lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn store_of(&self, job: &Job) -> Option<Store<Pod>> {
         let uid = job.uid()?;
         let mut watches = self.watches.lock().expect("selector watches lock");
