@@ -724,8 +724,8 @@ pub fn finished_and_counted(status: &JobStatus, type_: &str) -> bool {
         })
 }
 
-/// A Job whose pods the test drives (never scheduled, so no kwok or scheduler touches them).
-pub fn driven_job(name: &str, managed_by: Option<&str>) -> Job {
+/// A Job named `name` whose pods carry the label `app: <app>` and run `pod`.
+pub fn job_with_pods(name: &str, managed_by: Option<&str>, app: &str, pod: PodSpec) -> Job {
     Job {
         metadata: ObjectMeta {
             name: Some(name.into()),
@@ -735,25 +735,31 @@ pub fn driven_job(name: &str, managed_by: Option<&str>) -> Job {
             managed_by: managed_by.map(Into::into),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(BTreeMap::from([("app".into(), "test".into())])),
+                    labels: Some(BTreeMap::from([("app".into(), app.into())])),
                     ..Default::default()
                 }),
-                spec: Some(PodSpec {
-                    scheduler_name: Some(DRIVER_SCHEDULER.into()),
-                    restart_policy: Some("Never".into()),
-                    termination_grace_period_seconds: Some(0),
-                    containers: vec![Container {
-                        name: "main".into(),
-                        image: Some("registry.k8s.io/e2e-test-images/agnhost:2.53".into()),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
+                spec: Some(pod),
             },
             ..Default::default()
         }),
         ..Default::default()
     }
+}
+
+/// A Job whose pods the test drives (never scheduled, so no kwok or scheduler touches them).
+pub fn driven_job(name: &str, managed_by: Option<&str>) -> Job {
+    let pod = PodSpec {
+        scheduler_name: Some(DRIVER_SCHEDULER.into()),
+        restart_policy: Some("Never".into()),
+        termination_grace_period_seconds: Some(0),
+        containers: vec![Container {
+            name: "main".into(),
+            image: Some("registry.k8s.io/e2e-test-images/agnhost:2.53".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    job_with_pods(name, managed_by, "test", pod)
 }
 
 /// A Job whose pods kwok runs to completion on the fake nodes.

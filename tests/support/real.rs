@@ -9,12 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Container, PodSpec};
 use kube::Client;
 
-use super::{client_for, start_cluster};
+use super::{client_for, job_with_pods, start_cluster};
 
 /// The real-node control plane's folder: `JOBKEEPER_TEST_REAL_CLUSTER`, else
 /// `target/test-cluster-real`. Started once, shared by every test binary.
@@ -42,36 +41,20 @@ pub const REAL_IMAGE: &str = "busybox:1.35";
 /// `sh -c script`, restartPolicy Never, a 2 s termination grace period (so leftover pods go
 /// quickly when the namespace is deleted; shape it longer where termination matters).
 pub fn real_job(name: &str, managed_by: Option<&str>, script: &str) -> Job {
-    Job {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
+    let pod = PodSpec {
+        node_selector: Some(BTreeMap::from([(REAL_NODE_LABEL.into(), "true".into())])),
+        restart_policy: Some("Never".into()),
+        termination_grace_period_seconds: Some(2),
+        containers: vec![Container {
+            name: "main".into(),
+            image: Some(REAL_IMAGE.into()),
+            image_pull_policy: Some("IfNotPresent".into()),
+            command: Some(vec!["sh".into(), "-c".into(), script.into()]),
             ..Default::default()
-        },
-        spec: Some(JobSpec {
-            managed_by: managed_by.map(Into::into),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(BTreeMap::from([("app".into(), "real".into())])),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    node_selector: Some(BTreeMap::from([(REAL_NODE_LABEL.into(), "true".into())])),
-                    restart_policy: Some("Never".into()),
-                    termination_grace_period_seconds: Some(2),
-                    containers: vec![Container {
-                        name: "main".into(),
-                        image: Some(REAL_IMAGE.into()),
-                        image_pull_policy: Some("IfNotPresent".into()),
-                        command: Some(vec!["sh".into(), "-c".into(), script.into()]),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-            },
-            ..Default::default()
-        }),
+        }],
         ..Default::default()
-    }
+    };
+    job_with_pods(name, managed_by, "real", pod)
 }
 
 /// A script that runs until it gets SIGTERM, then takes `stop_seconds` to stop and exits
