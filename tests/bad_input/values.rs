@@ -1,0 +1,1 @@
+//! Cases: see tests/bad_input.rs.
