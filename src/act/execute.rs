@@ -19,7 +19,8 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::expectations::Expectations;
 use crate::edge::metrics::SharedMetrics;
-use crate::plan::pods::has_tracking_finalizer;
+use crate::plan::pods::{has_tracking_finalizer, is_ready};
+use crate::plan::status::normalized;
 use crate::plan::{EventType, JobEvent, Plan, PlanOutcome, PodRef, TRACKING_FINALIZER};
 
 /// At most this many pod writes in flight at once for one Job.
@@ -91,6 +92,29 @@ fn is_not_found(error: &kube::Error) -> bool {
     code_of(error) == Some(404)
 }
 
+/// What applying a plan came to.
+#[derive(Debug)]
+pub struct Applied {
+    pub step: Step,
+    /// A pod create or delete failed. The rest of the plan was still applied, its status
+    /// corrected for what did not happen (as upstream's manageJob does), so finished pods
+    /// are counted and lose their finalizer while, say, a quota rejects every create; the
+    /// caller retries the Job with backoff.
+    pub pod_write_error: Option<ExecuteError>,
+}
+
+/// What the creates or the deletes of one plan came to.
+#[derive(Debug, Default)]
+struct PodWrites {
+    made: usize,
+    /// Writes the plan counted on that were not made: failed, or not tried after a failure.
+    missed: usize,
+    /// Ready pods among the deletes missed (the plan counted them as no longer ready).
+    missed_ready: usize,
+    /// The first failure.
+    error: Option<ExecuteError>,
+}
+
 impl Executor<'_> {
     /// Applies `plan`, computed from `job` and `pods`, in the order the planner assumes:
     /// deletes, creates, adoption, status, finalizer removals; then tells of it.
@@ -99,28 +123,33 @@ impl Executor<'_> {
         job: &Arc<Job>,
         pods: &[Arc<Pod>],
         mut plan: Plan,
-    ) -> Result<Step, ExecuteError> {
+    ) -> Result<Applied, ExecuteError> {
         let job_uid = job.uid().unwrap_or_default();
         let job_ref = job.object_ref(&());
         let pods_api: Api<Pod> =
             Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default());
-        let by_uid: HashMap<&str, &Arc<Pod>> = pods
-            .iter()
-            .map(|p| (p.metadata.uid.as_deref().unwrap_or_default(), p))
-            .collect();
 
         let deleted = self
-            .delete_pods(&pods_api, &job_uid, &by_uid, &plan.delete, &job_ref)
-            .await?;
+            .delete_pods(&pods_api, &job_uid, pods, &plan.delete, &job_ref)
+            .await;
         let created = self
             .create_pods(&pods_api, &job_uid, &plan.create, &job_ref)
-            .await?;
+            .await;
+        plan.status = plan
+            .status
+            .take()
+            .and_then(|next| take_back_missed_writes(job, next, &deleted, &created));
+        let pod_write_error = deleted.error.or(created.error);
+        let applied = |step| Applied {
+            step,
+            pod_write_error,
+        };
         if let Some(step) = self.adopt_and_release(job, &pods_api, &plan).await? {
-            return Ok(step);
+            return Ok(applied(step));
         }
         let status_written = match self.write_status(job, plan.status.take()).await? {
             ControlFlow::Continue(written) => written,
-            ControlFlow::Break(step) => return Ok(step),
+            ControlFlow::Break(step) => return Ok(applied(step)),
         };
         // Reached only when the status write (if any) succeeded: the uncounted lists now
         // hold every pod whose finalizer goes here.
@@ -128,8 +157,8 @@ impl Executor<'_> {
             .remove_finalizers(&pods_api, &job_uid, &plan.remove_finalizers)
             .await?;
         let done = Done {
-            created,
-            deleted,
+            created: created.made,
+            deleted: deleted.made,
             finalizers_removed,
             status_written,
         };
@@ -137,9 +166,9 @@ impl Executor<'_> {
         // After finalizers went, the next plan moves those pods from the uncounted lists
         // into the counters; do it now rather than wait for the watch.
         if done.finalizers_removed > 0 || done.deleted > 0 {
-            Ok(Step::Again)
+            Ok(applied(Step::Again))
         } else {
-            Ok(Step::Settled)
+            Ok(applied(Step::Settled))
         }
     }
 
@@ -241,84 +270,108 @@ impl Executor<'_> {
         }
     }
 
+    /// Deletes `delete`, each pod's tracking finalizer first. A pod gone already counts as
+    /// deleted (it is no longer active); any other failure as missed.
     async fn delete_pods(
         &self,
         api: &Api<Pod>,
         job_uid: &str,
-        by_uid: &HashMap<&str, &Arc<Pod>>,
+        pods: &[Arc<Pod>],
         delete: &[PodRef],
         job_ref: &ObjectReference,
-    ) -> Result<usize, ExecuteError> {
+    ) -> PodWrites {
+        let by_uid: HashMap<&str, &Arc<Pod>> = pods
+            .iter()
+            .map(|p| (p.metadata.uid.as_deref().unwrap_or_default(), p))
+            .collect();
         // Each result names the pod if this call deleted it (not if it was gone already).
-        let results: Vec<Result<Option<String>, ExecuteError>> = stream::iter(delete.to_vec())
-            .map(|pod: PodRef| async move {
-                let holds_finalizer = by_uid
-                    .get(pod.uid.as_str())
-                    .is_some_and(|p| has_tracking_finalizer(p));
-                // A pod we delete is not a failure to count: its finalizer goes first.
-                if holds_finalizer {
-                    match remove_finalizer(api, &pod.name).await {
-                        Ok(()) => self.expectations.finalizer_removed(job_uid, &pod.uid),
-                        Err(e) if is_not_found(&e) => return Ok(None),
-                        Err(source) => {
-                            return Err(ExecuteError::PatchPod {
-                                pod: pod.name.clone(),
-                                source,
-                            });
-                        }
-                    }
-                }
-                let params = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: Some(pod.uid.clone()),
-                        resource_version: None,
-                    }),
-                    ..DeleteParams::default()
-                };
-                match api.delete(&pod.name, &params).await {
-                    Ok(_) => {
-                        self.expectations.deleted(job_uid, &pod.uid);
-                        Ok(Some(pod.name))
-                    }
-                    Err(e) if is_not_found(&e) || code_of(&e) == Some(409) => Ok(None),
-                    Err(source) => Err(ExecuteError::Delete {
-                        pod: pod.name.clone(),
-                        source,
-                    }),
-                }
-            })
-            .buffer_unordered(POD_WRITE_PARALLELISM)
-            .collect()
-            .await;
+        let results: Vec<(PodRef, Result<Option<String>, ExecuteError>)> =
+            stream::iter(delete.to_vec())
+                .map(|pod: PodRef| async {
+                    let holds_finalizer = by_uid
+                        .get(pod.uid.as_str())
+                        .is_some_and(|p| has_tracking_finalizer(p));
+                    let result = self.delete_pod(api, job_uid, &pod, holds_finalizer).await;
+                    (pod, result)
+                })
+                .buffer_unordered(POD_WRITE_PARALLELISM)
+                .collect()
+                .await;
         let mut names = Vec::new();
-        let mut failure = None;
-        for result in results {
+        let mut writes = PodWrites::default();
+        for (pod, result) in results {
             match result {
-                Ok(Some(name)) => names.push(name),
-                Ok(None) => {}
-                Err(e) => failure = Some(e),
+                Ok(name) => names.extend(name),
+                Err(e) => {
+                    writes.missed += 1;
+                    let ready = by_uid.get(pod.uid.as_str()).is_some_and(|p| is_ready(p));
+                    writes.missed_ready += usize::from(ready);
+                    self.publish_failure(job_ref, "FailedDelete", "deleting", &e);
+                    writes.error.get_or_insert(e);
+                }
             }
         }
+        writes.made = names.len();
         self.publish_pods(job_ref, "SuccessfulDelete", "Deleted", &names);
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(names.len()),
+        writes
+    }
+
+    /// Deletes one pod (its tracking finalizer first: a pod we delete is not a failure to
+    /// count); `Some(name)` if this call deleted it, `None` if it was gone already.
+    async fn delete_pod(
+        &self,
+        api: &Api<Pod>,
+        job_uid: &str,
+        pod: &PodRef,
+        holds_finalizer: bool,
+    ) -> Result<Option<String>, ExecuteError> {
+        if holds_finalizer {
+            match remove_finalizer(api, &pod.name).await {
+                Ok(()) => self.expectations.finalizer_removed(job_uid, &pod.uid),
+                Err(e) if is_not_found(&e) => return Ok(None),
+                Err(source) => {
+                    return Err(ExecuteError::PatchPod {
+                        pod: pod.name.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(pod.uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&pod.name, &params).await {
+            Ok(_) => {
+                self.expectations.deleted(job_uid, &pod.uid);
+                Ok(Some(pod.name.clone()))
+            }
+            Err(e) if is_not_found(&e) || code_of(&e) == Some(409) => Ok(None),
+            Err(source) => Err(ExecuteError::Delete {
+                pod: pod.name.clone(),
+                source,
+            }),
         }
     }
 
     /// Creates pods in slow-start batches of 1, 2, 4, …, as upstream does, so a Job whose
-    /// pods all fail to create (quota, admission) costs one request, not hundreds.
+    /// pods all fail to create (quota, admission) costs one request, not hundreds. After a
+    /// failed batch the rest is not tried: it counts as missed.
     async fn create_pods(
         &self,
         api: &Api<Pod>,
         job_uid: &str,
         create: &[Pod],
         job_ref: &ObjectReference,
-    ) -> Result<usize, ExecuteError> {
+    ) -> PodWrites {
         let mut names = Vec::new();
+        let mut error = None;
         let mut batch = 1;
         let mut rest = create;
-        while !rest.is_empty() {
+        while !rest.is_empty() && error.is_none() {
             let (now, later) = rest.split_at(batch.min(rest.len()));
             rest = later;
             batch *= 2;
@@ -327,35 +380,56 @@ impl Executor<'_> {
                 .buffer_unordered(POD_WRITE_PARALLELISM)
                 .collect()
                 .await;
-            let mut failure = None;
             for result in results {
                 match result {
                     Ok(pod) => {
                         names.push(pod.name_any());
                         self.expectations.created(job_uid, pod);
                     }
-                    Err(e) => failure = Some(e),
+                    Err(e) => error = Some(ExecuteError::Create(e)),
                 }
-            }
-            if let Some(e) = failure {
-                self.publish_pods(job_ref, "SuccessfulCreate", "Created", &names);
-                let message = match &e {
-                    kube::Error::Api(status) => status.message.clone(),
-                    other => other.to_string(),
-                };
-                self.publish(
-                    job_ref,
-                    JobEvent {
-                        type_: EventType::Warning,
-                        reason: "FailedCreate".into(),
-                        message: format!("Error creating: {message}"),
-                    },
-                );
-                return Err(ExecuteError::Create(e));
             }
         }
         self.publish_pods(job_ref, "SuccessfulCreate", "Created", &names);
-        Ok(names.len())
+        if let Some(e) = &error {
+            self.publish_failure(job_ref, "FailedCreate", "creating", e);
+        }
+        PodWrites {
+            made: names.len(),
+            missed: create.len().saturating_sub(names.len()),
+            missed_ready: 0,
+            error,
+        }
+    }
+
+    /// A Warning event for a failed pod write, with the apiserver's message, in upstream's
+    /// words ("Error creating: pods \"a\" is forbidden: exceeded quota: …").
+    fn publish_failure(
+        &self,
+        job_ref: &ObjectReference,
+        reason: &str,
+        verb: &str,
+        e: &ExecuteError,
+    ) {
+        let source = match e {
+            ExecuteError::Create(source)
+            | ExecuteError::Delete { source, .. }
+            | ExecuteError::PatchPod { source, .. }
+            | ExecuteError::Status(source)
+            | ExecuteError::ReadJob(source) => source,
+        };
+        let message = match source {
+            kube::Error::Api(status) => status.message.clone(),
+            other => other.to_string(),
+        };
+        self.publish(
+            job_ref,
+            JobEvent {
+                type_: EventType::Warning,
+                reason: reason.into(),
+                message: format!("Error {verb}: {message}"),
+            },
+        );
     }
 
     /// Adopts orphans and releases pods that stopped matching. Adoption re-reads the Job
@@ -469,6 +543,36 @@ impl Executor<'_> {
             );
         }
     }
+}
+
+/// The plan's status counts its creates and deletes as made (`active`, `ready`,
+/// `terminating`); takes back those that were not, as upstream's manageJob does (active
+/// minus the pods not created). None when the status then says nothing new.
+fn take_back_missed_writes(
+    job: &Job,
+    mut next: JobStatus,
+    deleted: &PodWrites,
+    created: &PodWrites,
+) -> Option<JobStatus> {
+    if deleted.missed == 0 && created.missed == 0 {
+        return Some(next);
+    }
+    let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    let active = next
+        .active
+        .unwrap_or(0)
+        .saturating_sub(count(created.missed))
+        .saturating_add(count(deleted.missed));
+    next.active = Some(active.max(0));
+    next.ready = next
+        .ready
+        .map(|r| r.saturating_add(count(deleted.missed_ready)));
+    next.terminating = next
+        .terminating
+        .map(|t| t.saturating_sub(count(deleted.missed)).max(0));
+    let next = normalized(&next);
+    let current = job.status.clone().unwrap_or_default();
+    (next != normalized(&current)).then_some(next)
 }
 
 /// What one apply did, for its log line and metrics.
@@ -689,6 +793,99 @@ mod tests {
         assert_eq!(
             pods_message("Created", &names).as_deref(),
             Some("Created 12 pods: p0, p1, p2, p3, p4, p5, p6, p7, p8, p9 and 2 more")
+        );
+    }
+
+    fn missed(n: usize, ready: usize) -> PodWrites {
+        PodWrites {
+            missed: n,
+            missed_ready: ready,
+            ..PodWrites::default()
+        }
+    }
+
+    fn job_with(status: JobStatus) -> Job {
+        Job {
+            status: Some(status),
+            ..Job::default()
+        }
+    }
+
+    #[test]
+    fn pods_not_created_or_deleted_are_taken_back_from_the_status() {
+        let before = JobStatus {
+            active: Some(2),
+            succeeded: Some(1),
+            ..JobStatus::default()
+        };
+        // Planned: 3 more pods (active 5), and the finished pod counted; 2 creates failed.
+        let next = JobStatus {
+            active: Some(5),
+            succeeded: Some(2),
+            ready: Some(0),
+            terminating: Some(0),
+            ..JobStatus::default()
+        };
+        let written = take_back_missed_writes(
+            &job_with(before.clone()),
+            next.clone(),
+            &missed(0, 0),
+            &missed(2, 0),
+        )
+        .expect("the count still changes");
+        assert_eq!((written.active, written.succeeded), (Some(3), Some(2)));
+        // Planned: delete 2 (one ready) of 4; both deletes failed.
+        let next = JobStatus {
+            active: Some(2),
+            ready: Some(1),
+            terminating: Some(2),
+            ..JobStatus::default()
+        };
+        let written =
+            take_back_missed_writes(&job_with(before), next, &missed(2, 1), &missed(0, 0))
+                .expect("active changes");
+        assert_eq!(
+            (written.active, written.ready, written.terminating),
+            (Some(4), Some(2), Some(0))
+        );
+    }
+
+    #[test]
+    fn a_status_that_only_counted_missed_creates_is_not_written() {
+        let before = JobStatus {
+            active: Some(2),
+            ready: Some(0),
+            terminating: Some(0),
+            ..JobStatus::default()
+        };
+        let next = JobStatus {
+            active: Some(4),
+            ..before.clone()
+        };
+        assert_eq!(
+            take_back_missed_writes(&job_with(before), next, &missed(0, 0), &missed(2, 0)),
+            None
+        );
+    }
+
+    #[test]
+    fn taking_back_never_goes_below_zero_or_overflows() {
+        let next = JobStatus {
+            active: Some(1),
+            ready: Some(i32::MAX),
+            terminating: Some(1),
+            ..JobStatus::default()
+        };
+        let none = missed(0, 0);
+        let all = missed(usize::MAX, usize::MAX);
+        let written = take_back_missed_writes(&Job::default(), next.clone(), &none, &all)
+            .expect("a new status");
+        assert_eq!(written.active, None, "0, normalized away");
+        let written =
+            take_back_missed_writes(&Job::default(), next, &all, &none).expect("a new status");
+        assert_eq!(
+            (written.active, written.ready, written.terminating),
+            (Some(i32::MAX), Some(i32::MAX), Some(0))
         );
     }
 

@@ -63,6 +63,22 @@ impl Pending {
 pub enum SyncError {
     #[error(transparent)]
     Execute(#[from] ExecuteError),
+    /// A pod create or delete failed though the rest of the plan was applied.
+    #[error("{source}")]
+    PodWrites {
+        source: ExecuteError,
+        /// When the plan itself asked to look again (a held status write, a deadline):
+        /// the retry comes no later, however long the error backoff has grown.
+        requeue_after: Option<Duration>,
+    },
+}
+
+impl SyncError {
+    fn execute_error(&self) -> &ExecuteError {
+        match self {
+            SyncError::Execute(e) | SyncError::PodWrites { source: e, .. } => e,
+        }
+    }
 }
 
 pub(super) async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, SyncError> {
@@ -96,12 +112,12 @@ pub(super) async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action
             ctx.metrics.observe_sync("success", started.elapsed());
             ctx.errors.lock().expect("errors lock").remove(&uid);
         }
-        Err(SyncError::Execute(e)) => {
+        Err(e) => {
             ctx.metrics.observe_sync("error", started.elapsed());
             ctx.metrics
                 .reconcile_errors
                 .get_or_create(&crate::edge::metrics::ErrorLabel {
-                    kind: e.kind().into(),
+                    kind: e.execute_error().kind().into(),
                 })
                 .inc();
         }
@@ -153,7 +169,8 @@ async fn sync(job: Arc<Job>, ctx: &Context, planning: &mut Duration) -> Result<A
         }
         let writes_status = plan.status.is_some();
         let finishes = plan.outcome.finished.is_some();
-        let step = ctx.executor().apply(&view.job, &view.pods, plan).await?;
+        let applied = ctx.executor().apply(&view.job, &view.pods, plan).await?;
+        let step = applied.step;
         if let (Step::Settled | Step::Again, true) = (&step, writes_status) {
             if finishes {
                 ctx.batcher.forget(&uid);
@@ -163,6 +180,14 @@ async fn sync(job: Arc<Job>, ctx: &Context, planning: &mut Duration) -> Result<A
         }
         if let (Step::Settled | Step::Again, Some(record)) = (&step, backoff_after_write) {
             ctx.keep_backoff(&uid, record);
+        }
+        // The rest of the plan went through; the failed pod write is retried with
+        // backoff, not at once (a quota or admission webhook would only refuse again).
+        if let Some(source) = applied.pod_write_error {
+            return Err(SyncError::PodWrites {
+                source,
+                requeue_after: requeue,
+            });
         }
         match step {
             Step::Settled => return Ok(action_for(requeue)),
@@ -244,5 +269,12 @@ pub(super) fn error_policy(job: Arc<Job>, error: &SyncError, ctx: Arc<Context>) 
     } else {
         info!(job = %key, error = %error, "sync failed; retrying");
     }
-    Action::requeue(execute::error_backoff(failures - 1))
+    let backoff = execute::error_backoff(failures - 1);
+    match error {
+        SyncError::PodWrites {
+            requeue_after: Some(after),
+            ..
+        } => Action::requeue(backoff.min(*after)),
+        _ => Action::requeue(backoff),
+    }
 }
