@@ -1,6 +1,7 @@
-//! Pods nobody syncs any more: those of our deleted Jobs, and those that left their Job's
-//! selector while it still controls them.
+//! Pods nobody syncs any more: those of our deleted Jobs, those that left their Job's
+//! selector while it still controls them, and orphans the watches come across.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -12,25 +13,170 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::Context;
+use super::{Context, Ownership};
 use crate::act::execute;
 use crate::cluster::pod_index::{controller_of, selector_of};
 use crate::plan::pods::has_tracking_finalizer;
+use crate::plan::status;
 
-/// The two cleanup tasks, run until either channel closes.
+/// The cleanup tasks, run until any channel closes.
 pub(super) fn cleanup_tasks(
     ctx: Arc<Context>,
+    ownership: Ownership,
     deleted: mpsc::UnboundedReceiver<Arc<Job>>,
     left: mpsc::UnboundedReceiver<Arc<Pod>>,
+    orphans: mpsc::UnboundedReceiver<OrphanHint>,
 ) -> impl Future<Output = ()> {
     let release = release_pods_that_left_the_selector(ctx.client.clone(), ctx.jobs.clone(), left);
+    let orphans = release_orphaned_pods(ctx.clone(), ownership, orphans);
     let cleanup = release_pods_of_deleted_jobs(ctx, deleted);
     async move {
         tokio::select! {
             _ = release => {}
+            _ = orphans => {}
             _ = cleanup => {}
         }
     }
+}
+
+/// Where a pod may have been left holding the tracking finalizer with no Job to count it.
+#[derive(Debug)]
+pub(super) enum OrphanHint {
+    /// A watch (re)listed: a Job deleted during the relist, a failover or while the
+    /// controller was down left no Delete event behind. Look at every cached pod.
+    Relisted,
+    /// A pod without a controller, or being deleted, still holds the finalizer (e.g. one
+    /// created while its Job was being deleted, after the Delete event's cleanup ran).
+    Pod(Arc<Pod>),
+}
+
+impl OrphanHint {
+    /// Whether a pod event is worth a look, from the pod alone: it holds the finalizer and
+    /// has no controller or is being deleted (the garbage collector deletes the pods of a
+    /// deleted Job). The running pods of other controllers' Jobs cost nothing.
+    pub(super) fn for_pod(pod: &Pod) -> Option<OrphanHint> {
+        let candidate = has_tracking_finalizer(pod)
+            && (controller_of(pod).is_none() || pod.metadata.deletion_timestamp.is_some());
+        candidate.then(|| OrphanHint::Pod(Arc::new(pod.clone())))
+    }
+}
+
+/// Removes the tracking finalizer from pods no Job will count, as upstream's orphan
+/// handling does (`syncOrphanPod`): pods without a controller, and pods whose Job is gone
+/// or finished. The live Delete event's cleanup ([`release_pods_of_deleted_jobs`]) misses
+/// the Jobs deleted while no watch was listening and the pods that appear after it ran.
+async fn release_orphaned_pods(
+    ctx: Arc<Context>,
+    ownership: Ownership,
+    mut hints: mpsc::UnboundedReceiver<OrphanHint>,
+) {
+    while let Some(hint) = hints.recv().await {
+        // Never judge from an empty cache: every pod would look orphaned.
+        ctx.caches.wait_until_ready().await;
+        let mut pods = Vec::new();
+        let mut relisted = false;
+        for hint in std::iter::once(hint).chain(std::iter::from_fn(|| hints.try_recv().ok())) {
+            match hint {
+                OrphanHint::Relisted => relisted = true,
+                OrphanHint::Pod(pod) => pods.push(pod),
+            }
+        }
+        if relisted {
+            pods = ctx.pods.state();
+        }
+        // One look at each owner per round (many pods share one Job).
+        let mut owners = HashMap::new();
+        for pod in pods.iter().filter(|p| may_be_orphaned(&ctx, p)) {
+            release_if_orphaned(&ctx, &ownership, pod, &mut owners).await;
+        }
+    }
+}
+
+/// From the caches: whether a pod may hold the finalizer with no Job to count it. The pods
+/// of a Job in our cache are its sync's business (a deleting or finished Job's sync removes
+/// their finalizers too); pods of Jobs we do not have are looked at only when they have no
+/// controller or are being deleted.
+fn may_be_orphaned(ctx: &Context, pod: &Pod) -> bool {
+    if !has_tracking_finalizer(pod) {
+        return false;
+    }
+    let Some(owner) = controller_of(pod) else {
+        return true;
+    };
+    if owner.kind != "Job" || !owner.api_version.starts_with("batch/") {
+        return false;
+    }
+    let ns = pod.namespace().unwrap_or_default();
+    let cached = ctx.jobs.get(&ObjectRef::new(&owner.name).within(&ns));
+    if cached.is_some_and(|job| job.uid().as_deref() == Some(owner.uid.as_str())) {
+        return false;
+    }
+    pod.metadata.deletion_timestamp.is_some()
+}
+
+/// Removes the finalizer of `pod` if nothing will count it. `owners` keeps, by Job UID,
+/// why the pods of a Job already looked at are orphaned (None: they are not).
+async fn release_if_orphaned(
+    ctx: &Context,
+    ownership: &Ownership,
+    pod: &Pod,
+    owners: &mut HashMap<String, Option<&'static str>>,
+) {
+    let ns = pod.namespace().unwrap_or_default();
+    let key = format!("{ns}/{}", pod.name_any());
+    let reason = match controller_of(pod) {
+        None => Some("it has no controller"),
+        Some(owner) => match owners.get(&owner.uid) {
+            Some(reason) => *reason,
+            None => match why_no_job_counts(ctx, ownership, &ns, &owner.name, &owner.uid).await {
+                Ok(reason) => *owners.entry(owner.uid.clone()).or_insert(reason),
+                Err(e) => {
+                    warn!(pod = %key, error = %e, "could not read the Job of a pod holding the tracking finalizer");
+                    return;
+                }
+            },
+        },
+    };
+    let Some(reason) = reason else {
+        return;
+    };
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    match execute::remove_finalizer(&api, &pod.name_any()).await {
+        Ok(()) => info!(pod = %key, reason,
+            "removed the tracking finalizer of a pod no Job will count"),
+        Err(e) if execute::code_of(&e) == Some(404) => {}
+        Err(e) => warn!(pod = %key, error = %e,
+            "could not remove the tracking finalizer of an orphaned pod"),
+    }
+}
+
+/// Why the pods controlled by the Job `name` (UID `uid`) have no Job left to count them, or
+/// None when one will or it is not ours to say. Asks the API, not the cache, which may lag
+/// (a Job just created may not be in it yet).
+///
+/// A Job that no longer exists has no managedBy to go by: its pods' finalizers go whoever
+/// managed it. Nothing can count them any more, the built-in controller's orphan handling
+/// removes them for any such pod too, and with `--all-jobs` nobody else would; the patch
+/// removes only that finalizer, so doing it twice is harmless.
+async fn why_no_job_counts(
+    ctx: &Context,
+    ownership: &Ownership,
+    ns: &str,
+    name: &str,
+    uid: &str,
+) -> Result<Option<&'static str>, kube::Error> {
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let reason = match api.get_opt(name).await? {
+        None => Some("its Job is gone"),
+        Some(job) if job.uid().as_deref() != Some(uid) => Some("its Job is gone"),
+        // Another controller's Job: its pods are that controller's business.
+        Some(job) if !ownership.owns(&job) => None,
+        Some(job) if job.status.as_ref().and_then(status::finished).is_some() => {
+            Some("its Job is finished")
+        }
+        Some(_) => None,
+    };
+    Ok(reason)
 }
 
 /// Removes the tracking finalizer from the pods of our deleted Jobs: nothing else will

@@ -166,17 +166,21 @@ pub fn controller(
     let (pods, pod_writer) = reflector::store();
     let (deleted_tx, deleted_rx) = mpsc::unbounded_channel();
     let (left_tx, left_rx) = mpsc::unbounded_channel();
+    let (orphans_tx, orphans_rx) = mpsc::unbounded_channel();
     let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
     let selector_watches = SelectorWatches::new(client.clone(), wake_tx, left_tx.clone());
     let (ctx, background) = context(&client, &config, metrics, jobs, pods, selector_watches);
 
     let (jobs_api, pods_api) = watches::apis(&client, &config.ownership.namespaces);
     let ownership = config.ownership.clone();
-    let job_events = watches::job_watch(jobs_api, job_writer, ownership, deleted_tx, &ctx);
+    let to_cleanup = (deleted_tx, orphans_tx.clone());
+    let job_events = watches::job_watch(jobs_api, job_writer, ownership, to_cleanup, &ctx);
     let namespaces = config.ownership.namespaces.clone();
     let pod_index = ctx.pod_index.clone();
-    let pod_events = watches::pod_watch(pods_api, pod_writer, namespaces, left_tx, pod_index);
-    let cleanup = cleanup::cleanup_tasks(ctx.clone(), deleted_rx, left_rx);
+    let to_cleanup = (left_tx, orphans_tx);
+    let pod_events = watches::pod_watch(pods_api, pod_writer, namespaces, to_cleanup, pod_index);
+    let ownership = config.ownership.clone();
+    let cleanup = cleanup::cleanup_tasks(ctx.clone(), ownership, deleted_rx, left_rx, orphans_rx);
     let caches = ctx.caches.clone();
     let syncs = sync_loop(
         job_events,

@@ -14,7 +14,11 @@ use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 
+use super::cleanup::OrphanHint;
 use super::{Context, Ownership, Pending};
+
+/// Where the watches send what may have left pods holding the finalizer with no Job.
+pub(super) type OrphanHints = mpsc::UnboundedSender<OrphanHint>;
 use crate::cluster::pod_decode::{WatchedPod, unwrap_watched};
 use crate::cluster::pod_index::{PodIndex, controller_of, selector_of};
 use crate::cluster::selector_watches::CONTROLLER_UID_LABEL;
@@ -35,12 +39,12 @@ pub(super) fn apis(client: &Client, namespaces: &HashSet<String>) -> (Api<Job>, 
 }
 
 /// The Job watch: our Jobs only, slimmed, into the Job store; our deleted Jobs to
-/// `deleted`; each Job it applies counted as pending.
+/// `deleted`, each (re)list to `orphans`; each Job it applies counted as pending.
 pub(super) fn job_watch(
     api: Api<Job>,
     writer: Writer<Job>,
     ownership: Ownership,
-    deleted: mpsc::UnboundedSender<Arc<Job>>,
+    (deleted, orphans): (mpsc::UnboundedSender<Arc<Job>>, OrphanHints),
     ctx: &Context,
 ) -> impl Stream<Item = Result<Job, watcher::Error>> + Send + use<> {
     let selector_watches = ctx.selector_watches.clone();
@@ -58,6 +62,7 @@ pub(super) fn job_watch(
             move |event| {
                 if let Ok(Event::InitDone) = event {
                     selector_watches.retain_jobs_in(&jobs);
+                    orphans.send(OrphanHint::Relisted).ok();
                 }
             }
         })
@@ -71,12 +76,13 @@ pub(super) fn job_watch(
 }
 
 /// The pod watch: the pods of Jobs with a generated selector in our namespaces, into the
-/// pod store and then the index; pods that left the watch's selector to `left`.
+/// pod store and then the index; pods that left the watch's selector to `left`; each
+/// (re)list and each pod that may be orphaned to `orphans`.
 pub(super) fn pod_watch(
     api: Api<WatchedPod>,
     writer: Writer<Pod>,
     namespaces: HashSet<String>,
-    left: mpsc::UnboundedSender<Arc<Pod>>,
+    (left, orphans): (mpsc::UnboundedSender<Arc<Pod>>, OrphanHints),
     index: PodIndex,
 ) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
     watcher(api, watcher::Config::default().labels(CONTROLLER_UID_LABEL))
@@ -106,6 +112,14 @@ pub(super) fn pod_watch(
         .inspect(move |event| {
             if let Ok(event) = event {
                 index.apply(event);
+            }
+            let hint = match event {
+                Ok(Event::InitDone) => Some(OrphanHint::Relisted),
+                Ok(Event::Apply(pod)) => OrphanHint::for_pod(pod),
+                _ => None,
+            };
+            if let Some(hint) = hint {
+                orphans.send(hint).ok();
             }
         })
         .touched_objects()

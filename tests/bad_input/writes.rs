@@ -3,12 +3,14 @@
 //! controller (while it runs, mid-sync, or while it is down); pods another controller
 //! owns; a tracking finalizer removed by hand.
 
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -20,6 +22,27 @@ const FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 struct Case {
     bad: TestEnv,
     healthy: TestEnv,
+    flags: Vec<String>,
+    /// The Jobs' spec.managedBy (None with `--all-jobs`).
+    managed_by: Option<&'static str>,
+}
+
+/// A control plane whose kube-controller-manager runs without the built-in job
+/// controller, as a cluster running jobkeeper with `--all-jobs` does: nothing else
+/// removes a tracking finalizer there (the built-in controller's orphan handling would
+/// otherwise release the pods of any deleted Job).
+fn cluster_without_job_controller() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        start_cluster(
+            "JOBKEEPER_TEST_NO_JOB_CONTROLLER_CLUSTER",
+            "target/test-cluster-no-job-controller",
+            &[(
+                "KCM_CONTROLLERS",
+                "*,bootstrapsigner,tokencleaner,-job-controller",
+            )],
+        )
+    })
 }
 
 impl Case {
@@ -28,13 +51,58 @@ impl Case {
     }
 
     async fn with_flags(name: &str, flags: &[&str]) -> Case {
-        let mut bad = TestEnv::without_controller(name).await;
+        let bad = TestEnv::without_controller(name).await;
         let healthy = TestEnv::without_controller(&format!("{name}-ok")).await;
-        bad.controller = Some(Controller::start(
-            &format!("{},{}", bad.ns, healthy.ns),
+        let flags = flags.iter().map(|f| f.to_string()).collect();
+        let mut case = Case {
+            bad,
+            healthy,
             flags,
+            managed_by: Some(MANAGED_BY),
+        };
+        case.restart();
+        case
+    }
+
+    /// A case on [`cluster_without_job_controller`], jobkeeper with `--all-jobs`.
+    async fn all_jobs(name: &str) -> Case {
+        let dir = cluster_without_job_controller();
+        let bad = TestEnv::without_controller_in(dir, name).await;
+        let healthy = TestEnv::without_controller_in(dir, &format!("{name}-ok")).await;
+        let mut case = Case {
+            bad,
+            healthy,
+            flags: vec!["--all-jobs".into()],
+            managed_by: None,
+        };
+        case.restart();
+        case
+    }
+
+    /// (Re)starts the controller.
+    fn restart(&mut self) {
+        let namespaces = format!("{},{}", self.bad.ns, self.healthy.ns);
+        let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        let dir = self.bad.cluster;
+        self.bad.controller = Some(Controller::start_in(
+            dir,
+            &namespaces,
+            &dir.join("jobkeeper.kubeconfig"),
+            &flags,
         ));
-        Case { bad, healthy }
+    }
+
+    /// SIGKILLs the controller (no goodbye, no cleanup).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.bad.controller.take() {
+            c.kill();
+        }
+    }
+
+    fn job(&self, name: &str, completions: i32, parallelism: i32) -> Job {
+        let mut job = job_of(name, completions, parallelism);
+        job.spec.as_mut().unwrap().managed_by = self.managed_by.map(Into::into);
+        job
     }
 
     fn controller(&self) -> &Controller {
@@ -45,9 +113,7 @@ impl Case {
     async fn assert_healthy_job_completes(&self) {
         let env = &self.healthy;
         let name = format!("healthy-{}", rand_name());
-        let mut job = driven_job(&name, Some(MANAGED_BY));
-        job.spec.as_mut().unwrap().completions = Some(2);
-        env.create_job(&job).await;
+        env.create_job(&self.job(&name, 2, 1)).await;
         for pod in env.wait_active(&name, 1).await {
             env.succeed(&pod).await;
         }
@@ -281,4 +347,203 @@ async fn resource_quota_refuses_creates_finished_pods_still_counted() {
     wait_no_finalizer(env, "capped", Duration::from_secs(30)).await;
     env.assert_no_rejected_status().await;
     case.assert_alive().await;
+}
+
+// ---- Jobs deleted where no Delete event tells of it ---------------------------------------
+
+async fn delete_job(env: &TestEnv, name: &str, policy: PropagationPolicy) {
+    env.jobs()
+        .delete(
+            name,
+            &DeleteParams {
+                propagation_policy: Some(policy),
+                ..DeleteParams::default()
+            },
+        )
+        .await
+        .expect("deleting the Job");
+}
+
+/// All pods in the namespace (pods_of misses those the garbage collector orphaned).
+async fn all_pods(env: &TestEnv) -> Vec<Pod> {
+    env.pods()
+        .list(&ListParams::default())
+        .await
+        .expect("listing pods")
+        .items
+}
+
+/// Jobs deleted while the controller was down leave no Delete event: after a restart their
+/// pods lose the tracking finalizer all the same (Orphan: the pods stay; Background,
+/// Foreground: the garbage collector deletes them).
+#[tokio::test]
+async fn jobs_deleted_while_the_controller_is_down_release_their_pods() {
+    let mut case = Case::all_jobs("deleted-down").await;
+    let env = &case.bad;
+    let policies = [
+        ("orphan", PropagationPolicy::Orphan),
+        ("background", PropagationPolicy::Background),
+        ("foreground", PropagationPolicy::Foreground),
+    ];
+    let mut pods = Vec::new();
+    for (name, _) in &policies {
+        env.create_job(&case.job(name, 3, 2)).await;
+        pods.push(env.wait_active(name, 2).await);
+        env.wait_status(name, "active=2", |s| s.active == Some(2))
+            .await;
+    }
+    case.kill();
+    let env = &case.bad;
+    for ((name, policy), pods) in policies.iter().zip(&pods) {
+        // A finished pod nobody counted, and a running one.
+        env.succeed(&pods[0]).await;
+        delete_job(env, name, policy.clone()).await;
+    }
+    let orphan_uids: Vec<String> = pods[0].iter().map(|p| p.uid().unwrap()).collect();
+    wait_for(
+        "the garbage collector to orphan or delete the pods",
+        Duration::from_secs(30),
+        || async {
+            let all = all_pods(env).await;
+            let orphaned = all
+                .iter()
+                .filter(|p| orphan_uids.contains(&p.uid().unwrap()))
+                .all(|p| p.owner_references().is_empty());
+            let deleting = all
+                .iter()
+                .filter(|p| !orphan_uids.contains(&p.uid().unwrap()))
+                .all(|p| p.metadata.deletion_timestamp.is_some());
+            (orphaned && deleting && all.len() == 6).then_some(())
+        },
+    )
+    .await;
+    assert!(all_pods(env).await.iter().all(holds_finalizer));
+
+    case.restart();
+    let env = &case.bad;
+    let left = wait_for(
+        "the Background and Foreground pods gone, the Orphan ones without the finalizer",
+        Duration::from_secs(60),
+        || async {
+            let all = all_pods(env).await;
+            let uids: Vec<String> = all.iter().map(|p| p.uid().unwrap()).collect();
+            (uids == orphan_uids || {
+                let mut sorted = uids.clone();
+                sorted.sort();
+                let mut want = orphan_uids.clone();
+                want.sort();
+                sorted == want
+            })
+            .then_some(all)
+            .filter(|all| all.iter().all(|p| !holds_finalizer(p)))
+        },
+    )
+    .await;
+    assert!(left.iter().all(|p| p.metadata.deletion_timestamp.is_none()));
+    assert!(
+        env.jobs()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    wait_log(
+        case.controller(),
+        &["removed the tracking finalizer of a pod no Job will count"],
+    )
+    .await;
+    case.assert_healthy_job_completes().await;
+}
+
+/// A pod created with the finalizer and the Job's ownerReference while the Job was being
+/// deleted (foreground): while the Job lingers its sync releases the pod; once the Job is
+/// gone, a pod whose create raced its deletion is released when it shows up.
+#[tokio::test]
+async fn pod_created_while_its_job_is_being_deleted_is_released() {
+    let case = Case::all_jobs("deleted-create").await;
+    let env = &case.bad;
+    let mut job = case.job("going", 2, 1);
+    // Holds the Job in its deletion until the test lets it go.
+    job.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    let job = env.create_job(&job).await;
+    env.wait_active("going", 1).await;
+    delete_job(env, "going", PropagationPolicy::Foreground).await;
+    env.pods()
+        .create(&PostParams::default(), &pod_of(&job, "late-1"))
+        .await
+        .unwrap();
+    wait_for(
+        "no pod of the Job being deleted holding the finalizer",
+        Duration::from_secs(30),
+        || async {
+            let all = all_pods(env).await;
+            let late = all.iter().any(|p| p.name_any() == "late-1");
+            (late && all.iter().all(|p| !holds_finalizer(p))).then_some(())
+        },
+    )
+    .await;
+
+    // Its deletion finishes; a create that raced it lands afterwards.
+    env.jobs()
+        .patch(
+            "going",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("letting the Job go");
+    wait_for("the Job gone", Duration::from_secs(30), || async {
+        env.jobs()
+            .get_opt("going")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    env.pods()
+        .create(&PostParams::default(), &pod_of(&job, "late-2"))
+        .await
+        .unwrap();
+    wait_for("the late pod gone", Duration::from_secs(60), || async {
+        all_pods(env).await.is_empty().then_some(())
+    })
+    .await;
+    wait_log(
+        case.controller(),
+        &[
+            "late-2",
+            "removed the tracking finalizer of a pod no Job will count",
+        ],
+    )
+    .await;
+    case.assert_healthy_job_completes().await;
+}
+
+/// A pod as a user (or a controller slower than the Job's deletion) would make it for `job`:
+/// its labels, its controller ownerReference and the tracking finalizer.
+fn pod_of(job: &Job, name: &str) -> Pod {
+    let uid = job.uid().unwrap();
+    from_json(json!({
+        "metadata": {
+            "name": name,
+            "labels": {
+                "batch.kubernetes.io/controller-uid": uid,
+                "batch.kubernetes.io/job-name": job.name_any(),
+                "app": "test",
+            },
+            "ownerReferences": [{
+                "apiVersion": "batch/v1", "kind": "Job", "name": job.name_any(), "uid": uid,
+                "controller": true,
+            }],
+            "finalizers": [FINALIZER],
+        },
+        "spec": {
+            "schedulerName": DRIVER_SCHEDULER,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "main", "image": "registry.k8s.io/e2e-test-images/agnhost:2.53"}],
+        },
+    }))
 }
