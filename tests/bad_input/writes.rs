@@ -159,6 +159,20 @@ impl Case {
             .counter("jobkeeper_job_syncs_total", &[])
             .await
     }
+
+    /// The healthy Job completes while the bad one costs at most a handful of pod creates
+    /// and syncs (the healthy Job's own 2 creates and ~10 syncs included): no hot loop.
+    async fn assert_healthy_job_completes_without_hot_loop(&self) {
+        let (creates, syncs) = (self.pod_creates().await, self.syncs().await);
+        self.assert_healthy_job_completes().await;
+        let more_creates = self.pod_creates().await - creates;
+        let more_syncs = self.syncs().await - syncs;
+        assert!(
+            more_creates <= 8.0,
+            "{more_creates} pod creates: a hot loop?"
+        );
+        assert!(more_syncs <= 30.0, "{more_syncs} syncs: a hot loop?");
+    }
 }
 
 fn rand_name() -> String {
@@ -304,18 +318,7 @@ async fn resource_quota_refuses_creates_finished_pods_still_counted() {
     assert!(!has_condition(&status, "Complete"));
 
     // Still refused, retried with backoff: a few creates while the healthy Job runs.
-    let (creates, syncs) = (case.pod_creates().await, case.syncs().await);
-    case.assert_healthy_job_completes().await;
-    let (more_creates, more_syncs) = (
-        case.pod_creates().await - creates,
-        case.syncs().await - syncs,
-    );
-    // The healthy Job's 2 pods, and at most a handful of refused retries.
-    assert!(
-        more_creates <= 8.0,
-        "{more_creates} pod creates: a hot loop?"
-    );
-    assert!(more_syncs <= 30.0, "{more_syncs} syncs: a hot loop?");
+    case.assert_healthy_job_completes_without_hot_loop().await;
 
     pod_quota(env, 10).await;
     let pods = wait_for(
@@ -546,4 +549,236 @@ fn pod_of(job: &Job, name: &str) -> Pod {
             "containers": [{"name": "main", "image": "registry.k8s.io/e2e-test-images/agnhost:2.53"}],
         },
     }))
+}
+
+// ---- pod creates refused by admission ----------------------------------------------------
+
+/// Pods are refused on create, every time: the Job gets a FailedCreate event with the
+/// apiserver's words and a status (startTime, active 0), the creates are retried with
+/// backoff, and the Job beside it completes.
+async fn assert_creates_refused(case: &Case, job: &str, note: &str) {
+    let env = &case.bad;
+    wait_event(env, job, "FailedCreate", note).await;
+    wait_log(case.controller(), &[job, "sync failed", note]).await;
+    let status = env
+        .wait_status(job, "a status although no pod could be created", |s| {
+            s.start_time.is_some()
+        })
+        .await;
+    assert_eq!(
+        (status.active, status.succeeded, status.failed),
+        (None, None, None)
+    );
+    case.assert_healthy_job_completes_without_hot_loop().await;
+    assert!(env.pods_of(job).await.is_empty());
+    case.assert_alive().await;
+}
+
+/// A template that passes Job validation whose pods admission refuses: its
+/// serviceAccountName names no ServiceAccount (the ServiceAccount admission plugin, no
+/// webhook). Pod validation itself checks the same PodSpec rules as the Job's template
+/// validation, so no template passes the one and fails the other.
+#[tokio::test]
+async fn pod_template_refused_at_create_by_serviceaccount_admission() {
+    let case = Case::new("refused-sa").await;
+    let mut job = case.job("nosa", 2, 1);
+    let spec = job.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+    spec.service_account_name = Some("nobody-made-me".into());
+    case.bad.create_job(&job).await;
+    assert_creates_refused(&case, "nosa", "nobody-made-me").await;
+}
+
+/// A ValidatingAdmissionPolicy (admissionregistration.k8s.io/v1) refuses the Job's pods.
+#[tokio::test]
+async fn pods_refused_by_a_validating_admission_policy() {
+    let case = Case::new("refused-vap").await;
+    let env = &case.bad;
+    let name = format!("jobkeeper-test-{}", env.ns);
+    let policy = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["CREATE"], "resources": ["pods"],
+            }]},
+            "validations": [{
+                "expression": "!has(object.metadata.labels) || !('refuse-me' in object.metadata.labels)",
+                "message": "pods labelled refuse-me are refused by policy",
+            }],
+        },
+    });
+    let binding = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": env.ns,
+            }}},
+        },
+    });
+    let manifests = format!("{policy}\n---\n{binding}\n");
+    expect_ok(
+        &kubectl_in(
+            env.cluster,
+            &["apply", "-f", "-"],
+            Some(manifests.as_bytes()),
+        ),
+        "applying the admission policy",
+    );
+    let mut job = case.job("refused", 2, 1);
+    job.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .metadata
+        .as_mut()
+        .unwrap()
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("refuse-me".into(), "yes".into());
+    case.bad.create_job(&job).await;
+    let outcome = std::panic::AssertUnwindSafe(assert_creates_refused(
+        &case,
+        "refused",
+        "pods labelled refuse-me are refused by policy",
+    ));
+    let result = futures::FutureExt::catch_unwind(outcome).await;
+    kubectl_in(
+        env.cluster,
+        &[
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            &name,
+        ],
+        None,
+    );
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+// ---- the ground moves under a running Job -------------------------------------------------
+
+/// The namespace of a running Job is deleted: its pods and the Job go, nothing is left
+/// holding the tracking finalizer (the namespace would never go), the controller neither
+/// crashes nor spins.
+#[tokio::test]
+async fn namespace_deleted_while_its_job_runs() {
+    let case = Case::new("ns-gone").await;
+    let env = &case.bad;
+    env.create_job(&case.job("doomed", 4, 2)).await;
+    let pods = env.wait_active("doomed", 2).await;
+    env.succeed(&pods[0]).await;
+    env.wait_status("doomed", "one counted", |s| s.succeeded == Some(1))
+        .await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
+    namespaces
+        .delete(&env.ns, &DeleteParams::default())
+        .await
+        .expect("deleting the namespace");
+    wait_for("the namespace gone", Duration::from_secs(90), || async {
+        namespaces
+            .get_opt(&env.ns)
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    case.assert_healthy_job_completes_without_hot_loop().await;
+}
+
+/// Pods another controller owns that match the Job's selector (its controller-uid label)
+/// are never adopted, counted or deleted.
+#[tokio::test]
+async fn pods_of_another_controller_matching_the_selector_are_left_alone() {
+    let case = Case::new("foreign-pods").await;
+    let env = &case.bad;
+    let job = env.create_job(&case.job("mine", 2, 1)).await;
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    let owner = configmaps
+        .create(
+            &PostParams::default(),
+            &from_json(json!({"metadata": {"name": "other-controller"}})),
+        )
+        .await
+        .unwrap();
+    let mut foreign = pod_of(&job, "foreign");
+    foreign.metadata.finalizers = None;
+    foreign.metadata.owner_references = Some(vec![from_json(json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "name": "other-controller",
+        "uid": owner.uid().unwrap(), "controller": true,
+    }))]);
+    let foreign = env
+        .pods()
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    env.succeed(&foreign).await;
+    for n in 1..=2 {
+        let pod = wait_for("an active pod of mine", Duration::from_secs(30), || async {
+            env.active_pods("mine")
+                .await
+                .into_iter()
+                .find(|p| p.name_any() != "foreign")
+        })
+        .await;
+        env.succeed(&pod).await;
+        env.wait_status("mine", "the pod counted", |s| s.succeeded == Some(n))
+            .await;
+    }
+    let status = env
+        .wait_status("mine", "Complete, counted", |s| {
+            finished_and_counted(s, "Complete")
+        })
+        .await;
+    assert_eq!((status.succeeded, status.failed), (Some(2), None));
+    let foreign = env.pods().get("foreign").await.unwrap();
+    let owners: Vec<&str> = foreign
+        .owner_references()
+        .iter()
+        .map(|o| o.kind.as_str())
+        .collect();
+    assert_eq!(owners, ["ConfigMap"], "never adopted");
+    assert!(!holds_finalizer(&foreign));
+    assert!(foreign.metadata.deletion_timestamp.is_none());
+    case.assert_healthy_job_completes_without_hot_loop().await;
+}
+
+/// A Job deleted while a slow client is still creating its pods: the sync ends, every pod
+/// goes (the garbage collector, with no finalizer holding it), no crash, no spin.
+#[tokio::test]
+async fn job_deleted_mid_sync_under_a_slow_client() {
+    let case = Case::with_flags(
+        "deleted-mid-sync",
+        &["--kube-api-qps", "5", "--kube-api-burst", "1"],
+    )
+    .await;
+    let env = &case.bad;
+    env.create_job(&case.job("hasty", 30, 30)).await;
+    wait_for("the first pods", Duration::from_secs(30), || async {
+        (env.pods_of("hasty").await.len() >= 3).then_some(())
+    })
+    .await;
+    delete_job(env, "hasty", PropagationPolicy::Background).await;
+    wait_for("every pod gone", Duration::from_secs(90), || async {
+        all_pods(env).await.is_empty().then_some(())
+    })
+    .await;
+    wait_log(case.controller(), &["hasty", "Job deleted"]).await;
+    case.assert_healthy_job_completes_without_hot_loop().await;
+    // Nothing created for the Job once it was gone for good.
+    let creates = case.pod_creates().await;
+    assert!(
+        creates <= 32.0,
+        "{creates} pod creates for a Job of 30 pods and a Job of 2"
+    );
 }
