@@ -577,8 +577,9 @@ async fn assert_creates_refused(case: &Case, job: &str, note: &str) {
 
 /// A template that passes Job validation whose pods admission refuses: its
 /// serviceAccountName names no ServiceAccount (the ServiceAccount admission plugin, no
-/// webhook). Pod validation itself checks the same PodSpec rules as the Job's template
-/// validation, so no template passes the one and fails the other.
+/// webhook). Pod validation checks the PodSpec rules the Job's template validation already
+/// checked; no template was found that passes the one and fails the other, so admission is
+/// the route here.
 #[tokio::test]
 async fn pod_template_refused_at_create_by_serviceaccount_admission() {
     let case = Case::new("refused-sa").await;
