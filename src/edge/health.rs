@@ -19,6 +19,9 @@ use tracing::{info, warn};
 
 use crate::edge::metrics::WatchLabel;
 
+/// The kinds of watch, as registered and as the metric's `watch` label names them.
+pub const WATCH_KINDS: [&str; 3] = ["jobs", "pods", "manualSelector pods"];
+
 /// What every watch runs with.
 #[derive(Clone)]
 pub struct WatchSettings {
@@ -175,7 +178,7 @@ impl WatchHealth {
                 warn!(
                     watch = entry.kind,
                     target = %target,
-                    failing_for_s = after.as_secs(),
+                    unhealthy_after_s = after.as_secs(),
                     error = %entry.last_error,
                     "a watch cannot reach the API server; its cache is going stale, /readyz is false"
                 );
@@ -185,14 +188,21 @@ impl WatchHealth {
             entry.reported = unhealthy;
             *by_kind.entry(entry.kind).or_insert(true) &= !unhealthy;
         }
-        self.inner.gauge.clear();
-        for (kind, healthy) in by_kind {
-            self.inner
-                .gauge
-                .get_or_create(&WatchLabel {
-                    watch: kind.to_string(),
-                })
-                .set(i64::from(healthy));
+        for kind in WATCH_KINDS {
+            let label = WatchLabel {
+                watch: kind.to_string(),
+            };
+            match by_kind.get(kind) {
+                Some(healthy) => {
+                    self.inner
+                        .gauge
+                        .get_or_create(&label)
+                        .set(i64::from(*healthy));
+                }
+                None => {
+                    self.inner.gauge.remove(&label);
+                }
+            }
         }
     }
 }
