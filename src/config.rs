@@ -44,7 +44,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Explain one Job: who owns it, its pods, the rule that decides it, what happens next.
     Explain(ExplainArgs),
 }
@@ -82,6 +82,18 @@ pub struct RunArgs {
     /// (the built-in controller batches every pod event for 1 s).
     #[arg(long, env = "JOBKEEPER_STATUS_GAUGE_DELAY", default_value = "1s", value_parser = parse_delay)]
     pub status_gauge_delay: Duration,
+    /// Deadline of every API request but watches (a watch is a long poll the server ends
+    /// after --watch-timeout; kube-runtime reconnects one that stays silent 5 s longer).
+    #[arg(long, env = "JOBKEEPER_KUBE_API_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub kube_api_timeout: Duration,
+    /// Server-side timeout of each watch request (timeoutSeconds); a watch that hears
+    /// nothing for this plus 5 s is presumed dead and reconnected.
+    #[arg(long, env = "JOBKEEPER_WATCH_TIMEOUT", default_value = "290s", value_parser = parse_duration)]
+    pub watch_timeout: Duration,
+    /// A watch that has failed to (re)connect for this long turns /readyz false until it
+    /// recovers.
+    #[arg(long, env = "JOBKEEPER_WATCH_UNHEALTHY_AFTER", default_value = "60s", value_parser = parse_duration)]
+    pub watch_unhealthy_after: Duration,
     /// Address for /metrics.
     #[arg(long, env = "JOBKEEPER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
@@ -114,10 +126,48 @@ pub struct LeaderArgs {
     /// How long a lease holds without renewal, e.g. 15s.
     #[arg(long, env = "JOBKEEPER_LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub leader_elect_lease_duration: Duration,
+    /// How long a leader keeps trying to renew before it stops syncing and stands by; must
+    /// be shorter than the lease duration, so the leader stops writing before anyone sees its
+    /// lease expire.
+    #[arg(long, env = "JOBKEEPER_LEADER_ELECT_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub leader_elect_renew_deadline: Duration,
+    /// How often the leader renews and a standby looks at the Lease; must be shorter than
+    /// the renew deadline.
+    #[arg(long, env = "JOBKEEPER_LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub leader_elect_retry_period: Duration,
     /// This instance's name in the Lease (default: the host name); the holder identity is
     /// `<name>_<random>`, unique per process.
     #[arg(long, env = "POD_NAME")]
     pub leader_elect_identity: Option<String>,
+}
+
+impl LeaderArgs {
+    /// Checks what clap cannot: retry period < renew deadline < lease duration (as
+    /// client-go's leader election requires), and a lease of whole seconds (the Lease
+    /// stores leaseDurationSeconds).
+    pub fn validate(&self) -> Result<(), String> {
+        let (lease, renew, retry) = (
+            self.leader_elect_lease_duration,
+            self.leader_elect_renew_deadline,
+            self.leader_elect_retry_period,
+        );
+        if lease < Duration::from_secs(1) || lease.subsec_nanos() != 0 {
+            return Err(format!(
+                "--leader-elect-lease-duration {lease:?} must be a whole number of seconds, at least 1s"
+            ));
+        }
+        if renew >= lease {
+            return Err(format!(
+                "--leader-elect-renew-deadline {renew:?} must be shorter than --leader-elect-lease-duration {lease:?}"
+            ));
+        }
+        if retry >= renew {
+            return Err(format!(
+                "--leader-elect-retry-period {retry:?} must be shorter than --leader-elect-renew-deadline {renew:?}"
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -265,9 +315,47 @@ mod tests {
         assert_eq!(run.status_gauge_delay, Duration::from_secs(1));
         assert!(Cli::try_parse_from(["jobkeeper", "run", "--concurrency", "0"]).is_err());
         assert!(Cli::try_parse_from(["jobkeeper", "run", "--kube-api-qps", "-1"]).is_err());
+        assert_eq!(
+            run.leader.leader_elect_renew_deadline,
+            Duration::from_secs(10)
+        );
+        assert_eq!(run.leader.leader_elect_retry_period, Duration::from_secs(2));
+        assert_eq!(run.leader.validate(), Ok(()));
+        assert_eq!(run.kube_api_timeout, Duration::from_secs(30));
+        assert_eq!(run.watch_timeout, Duration::from_secs(290));
+        assert_eq!(run.watch_unhealthy_after, Duration::from_secs(60));
         let cli = Cli::try_parse_from(["jobkeeper", "explain", "ns/job"]).unwrap();
         assert!(
             matches!(cli.command, Command::Explain(ExplainArgs { job, .. }) if job == ("ns".into(), "job".into()))
         );
+    }
+
+    fn leader_args(lease: &str, renew: &str, retry: &str) -> LeaderArgs {
+        let cli = Cli::try_parse_from([
+            "jobkeeper",
+            "run",
+            "--leader-elect-lease-duration",
+            lease,
+            "--leader-elect-renew-deadline",
+            renew,
+            "--leader-elect-retry-period",
+            retry,
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        run.leader
+    }
+
+    #[test]
+    fn leader_election_timings_must_nest() {
+        assert_eq!(leader_args("6s", "4s", "500ms").validate(), Ok(()));
+        let err = leader_args("15s", "15s", "2s").validate().unwrap_err();
+        assert!(err.contains("--leader-elect-renew-deadline"), "{err}");
+        let err = leader_args("15s", "10s", "10s").validate().unwrap_err();
+        assert!(err.contains("--leader-elect-retry-period"), "{err}");
+        let err = leader_args("1500ms", "1s", "100ms").validate().unwrap_err();
+        assert!(err.contains("whole number of seconds"), "{err}");
     }
 }

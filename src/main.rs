@@ -8,6 +8,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use jobkeeper::act::client;
 use jobkeeper::config::{Cli, Command, RunArgs};
+use jobkeeper::edge::elector::Candidate;
+use jobkeeper::edge::health::WatchHealth;
+use jobkeeper::edge::leader;
 use jobkeeper::edge::metrics::Metrics;
 use jobkeeper::edge::server::{self, Readiness};
 use jobkeeper::edge::telemetry;
@@ -22,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(cli.log_format, &cli.log_level)?;
     let config = kube_config(cli.kubeconfig.as_deref()).await?;
     match cli.command {
-        Command::Run(args) => run(config, args).await,
+        Command::Run(args) => run(config, *args).await,
         Command::Explain(args) => {
             let client = kube::Client::try_from(config)?;
             let text = explain::explain(client, &args).await?;
@@ -54,21 +57,20 @@ async fn shutdown_signal() {
 }
 
 async fn run(config: kube::Config, args: RunArgs) -> anyhow::Result<()> {
+    if args.leader.leader_elect {
+        args.leader.validate().map_err(anyhow::Error::msg)?;
+    }
     let metrics = Arc::new(Metrics::new());
-    let client = client::build(
-        config,
-        args.kube_api_qps,
-        args.kube_api_burst,
-        metrics.clone(),
-    )?;
-    let readiness = Readiness::default();
-    let identity = process_identity(
-        &args
-            .leader
-            .leader_elect_identity
-            .clone()
-            .unwrap_or_else(hostname),
-    );
+    let watch_health = WatchHealth::new(args.watch_unhealthy_after, metrics.watch_healthy.clone());
+    let limit = client::Limit {
+        qps: args.kube_api_qps,
+        burst: args.kube_api_burst,
+        timeout: args.kube_api_timeout,
+    };
+    let client = client::build(config.clone(), limit, watch_health.clone(), metrics.clone())?;
+    let readiness = Readiness::new(watch_health.clone());
+    let (name, pod_name) = candidate_name(&args);
+    let identity = process_identity(&name);
     info!(
         managed_by = %args.managed_by,
         all_jobs = args.all_jobs,
@@ -79,6 +81,7 @@ async fn run(config: kube::Config, args: RunArgs) -> anyhow::Result<()> {
 
     let metrics_server = tokio::spawn(server::serve_metrics(args.metrics_addr, metrics.clone()));
     let health_server = tokio::spawn(server::serve_health(args.health_addr, readiness.clone()));
+    tokio::spawn(watch_health.clone().monitor());
 
     let runtime_config = RuntimeConfig {
         ownership: Ownership {
@@ -90,6 +93,10 @@ async fn run(config: kube::Config, args: RunArgs) -> anyhow::Result<()> {
         reporter_instance: identity.clone(),
         status_batch_period: args.status_batch_period,
         status_gauge_delay: args.status_gauge_delay,
+        watches: runtime::WatchSettings {
+            health: watch_health,
+            timeout_seconds: u32::try_from(args.watch_timeout.as_secs().max(1)).unwrap_or(u32::MAX),
+        },
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -105,23 +112,27 @@ async fn run(config: kube::Config, args: RunArgs) -> anyhow::Result<()> {
     });
 
     if args.leader.leader_elect {
-        jobkeeper::edge::leader::run_elected(
+        let timing = leader::timing(&args.leader);
+        let election = leader::Election {
+            lease_client: client::build_unlimited(
+                config,
+                timing.request_timeout(),
+                metrics.clone(),
+            )?,
             client,
-            &args.leader,
-            identity,
-            runtime_config,
+            candidate: Candidate { identity, pod_name },
+            config: runtime_config,
             metrics,
             readiness,
-            stop_rx,
-        )
-        .await?;
+        };
+        leader::run_elected(election, &args.leader, stop_rx).await?;
     } else {
         metrics.leader.set(1);
         let (caches, controller) = runtime::controller(client, runtime_config, metrics, shutdown);
         let ready = readiness.clone();
         tokio::spawn(async move {
             caches.wait_until_ready().await;
-            ready.set(true);
+            ready.set_synced(true);
             info!("caches synced");
         });
         tokio::select! {
@@ -132,6 +143,19 @@ async fn run(config: kube::Config, args: RunArgs) -> anyhow::Result<()> {
     }
     info!("jobkeeper stopped");
     Ok(())
+}
+
+/// The candidate's name (`--leader-elect-identity`, `POD_NAME`, else the host name), and
+/// that name again when it is the pod's: in-cluster, a Lease held by `<pod>_<other>` is
+/// then this pod's previous container.
+fn candidate_name(args: &RunArgs) -> (String, Option<String>) {
+    let name = args
+        .leader
+        .leader_elect_identity
+        .clone()
+        .unwrap_or_else(hostname);
+    let pod_name = std::env::var("POD_NAME").ok().filter(|pod| *pod == name);
+    (name, pod_name)
 }
 
 /// `<name>_<random>`: unique per process, as client-go's leader election makes it. A

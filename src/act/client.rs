@@ -1,6 +1,7 @@
 //! The Kubernetes client: kube's default stack plus one layer that applies the
-//! `--kube-api-qps`/`--kube-api-burst` limit (as client-go's token bucket does) and counts
-//! every request by verb, resource and response code.
+//! `--kube-api-qps`/`--kube-api-burst` limit (as client-go's token bucket does), gives
+//! every request but a watch a deadline, and counts every request by verb, resource and
+//! response code.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -12,21 +13,51 @@ use futures::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::{Method, Request, Response};
 use kube::client::ClientBuilder;
-use tower::{Layer, Service};
+use tower::{BoxError, Layer, Service};
 
+use crate::edge::health::WatchHealth;
 use crate::edge::metrics::SharedMetrics;
 
-/// Builds a client from `config` with the request limit and request metrics.
+/// Builds the controller's client from `config`: the request limit, the request deadline
+/// and request metrics; the outcome of every list and watch request goes to `watches`.
 pub fn build(
     config: kube::Config,
-    qps: f32,
-    burst: u32,
+    limit: Limit,
+    watches: WatchHealth,
     metrics: SharedMetrics,
 ) -> anyhow::Result<kube::Client> {
-    let limiter = rate_limiter(qps, burst)?;
+    let limiter = rate_limiter(limit.qps, limit.burst)?;
     let layer = ApiLayer {
         limiter: limiter.map(Arc::new),
         gate: Arc::default(),
+        timeout: limit.timeout,
+        watches: Some(watches),
+        metrics,
+    };
+    Ok(ClientBuilder::try_from(config)?.with_layer(&layer).build())
+}
+
+/// `--kube-api-qps`, `--kube-api-burst`, `--kube-api-timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    pub qps: f32,
+    pub burst: u32,
+    pub timeout: Duration,
+}
+
+/// A client of its own for leader election, with no request limit: a Lease renewal must
+/// never wait behind pod writes for a token, or the leader's lease runs out while it is
+/// busy. Its requests share nothing with the controller's but the metrics.
+pub fn build_unlimited(
+    config: kube::Config,
+    timeout: Duration,
+    metrics: SharedMetrics,
+) -> anyhow::Result<kube::Client> {
+    let layer = ApiLayer {
+        limiter: None,
+        gate: Arc::default(),
+        timeout,
+        watches: None,
         metrics,
     };
     Ok(ClientBuilder::try_from(config)?.with_layer(&layer).build())
@@ -88,6 +119,12 @@ impl EventGate {
 struct ApiLayer {
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     gate: Arc<EventGate>,
+    /// How long a request (from when it got its token) may wait for its response
+    /// headers. A watch's headers come at once and its body is a long poll, which
+    /// kube-runtime's idle timeout guards; a plain request's body follows its headers.
+    timeout: Duration,
+    /// Told how each list and watch request went.
+    watches: Option<WatchHealth>,
     metrics: SharedMetrics,
 }
 
@@ -106,29 +143,42 @@ pub struct ApiService<S> {
     layer: ApiLayer,
 }
 
+/// A request that got no response within its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("no response from the API server within {0:?}")]
+pub struct RequestTimedOut(pub Duration);
+
 impl<S, B, RB> Service<Request<B>> for ApiService<S>
 where
     S: Service<Request<B>, Response = Response<RB>>,
     S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
     B: Send + 'static,
 {
     type Response = S::Response;
-    type Error = S::Error;
+    type Error = BoxError;
     type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (verb, resource) = classify(req.method(), req.uri().path(), req.uri().query());
+        let watch_target = (req.method() == Method::GET)
+            .then_some(self.layer.watches.clone())
+            .flatten()
+            .map(|w| {
+                let uri = req.uri();
+                (w, uri.path().to_string(), uri.query().map(str::to_string))
+            });
         // The inner future does nothing until polled, so waiting for a token before polling
         // it delays the request itself.
         let response = self.inner.call(req);
         let limiter = self.layer.limiter.clone();
         let gate = self.layer.gate.clone();
         let metrics = self.layer.metrics.clone();
+        let timeout = self.layer.timeout;
         let event = resource == "events";
         Box::pin(async move {
             if let Some(limiter) = limiter {
@@ -144,12 +194,25 @@ where
                 }
             }
             let started = Instant::now();
-            let result = response.await;
+            // A request into a dead connection (a blackholed network, a hung apiserver)
+            // would otherwise wait forever and hold its Job's sync with it.
+            let result = match tokio::time::timeout(timeout, response).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(Box::new(RequestTimedOut(timeout)) as BoxError),
+            };
             let code = match &result {
                 Ok(r) => r.status().as_u16(),
                 Err(_) => 0,
             };
             metrics.observe_request(verb, &resource, code, started.elapsed());
+            if let Some((watches, path, query)) = watch_target {
+                let outcome = match &result {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!("HTTP {}", r.status())),
+                    Err(e) => Err(e.to_string()),
+                };
+                watches.observe(&path, query.as_deref(), outcome);
+            }
             result
         })
     }

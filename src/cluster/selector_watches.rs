@@ -23,12 +23,13 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::{Expression, Selector};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher::{self, Event, watcher};
+use kube::runtime::watcher::{Event, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::cluster::pod_decode::WatchedPod;
+use crate::edge::health::{Registration, WatchSettings};
 
 /// The label the apiserver puts on the pods of Jobs with a generated selector; the main
 /// pod watch selects on it.
@@ -51,6 +52,8 @@ pub fn watch_selector(job: &Job) -> Option<String> {
 struct SelectorWatch {
     store: Store<Pod>,
     task: JoinHandle<()>,
+    /// Its place in the watch health, left when the watch stops.
+    _health: Registration,
 }
 
 impl Drop for SelectorWatch {
@@ -63,6 +66,7 @@ impl Drop for SelectorWatch {
 #[derive(Clone)]
 pub struct SelectorWatches {
     client: Client,
+    settings: WatchSettings,
     watches: Arc<Mutex<HashMap<String, SelectorWatch>>>,
     /// Wakes the Job a watch belongs to.
     wake: UnboundedSender<ObjectRef<Job>>,
@@ -76,11 +80,13 @@ const FIRST_LIST_WAIT: Duration = Duration::from_secs(2);
 impl SelectorWatches {
     pub fn new(
         client: Client,
+        settings: WatchSettings,
         wake: UnboundedSender<ObjectRef<Job>>,
         left: tokio::sync::mpsc::UnboundedSender<Arc<Pod>>,
     ) -> Self {
         SelectorWatches {
             client,
+            settings,
             watches: Arc::default(),
             wake,
             left,
@@ -145,13 +151,21 @@ impl SelectorWatches {
             return None;
         };
         let (store, writer) = reflector::store();
-        let task = tokio::spawn(self.run(job, selector.clone(), writer));
+        let api: Api<WatchedPod> =
+            Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default());
+        let health = self.settings.health.register(
+            "manualSelector pods",
+            api.resource_url(),
+            Some(&selector),
+        );
+        let task = tokio::spawn(self.run(api, job, selector.clone(), writer));
         info!(job = %key, selector = %selector, "watching the pods of a manualSelector Job");
         watches.insert(
             uid,
             SelectorWatch {
                 store: store.clone(),
                 task,
+                _health: health,
             },
         );
         Some(store)
@@ -159,16 +173,15 @@ impl SelectorWatches {
 
     fn run(
         &self,
+        api: Api<WatchedPod>,
         job: &Job,
         selector: String,
         writer: reflector::store::Writer<Pod>,
     ) -> impl Future<Output = ()> + use<> {
-        let ns = job.namespace().unwrap_or_default();
-        let api: Api<WatchedPod> = Api::namespaced(self.client.clone(), &ns);
         let job_ref = ObjectRef::from_obj(job);
         let wake = self.wake.clone();
         let left = self.left.clone();
-        let events = watcher(api, watcher::Config::default().labels(&selector))
+        let events = watcher(api, self.settings.config().labels(&selector))
             .default_backoff()
             .map_ok(crate::cluster::pod_decode::unwrap_watched)
             .reflect(writer);

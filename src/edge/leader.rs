@@ -1,177 +1,206 @@
-//! Leader election through a coordination.k8s.io Lease (kube-lease-manager). Only the
-//! leader runs the controller, so only the leader writes. A standby polls the Lease every
-//! 750 ms, so a Lease released on SIGTERM changes hands within about a second; a Lease
-//! that stops being renewed (the leader died) changes hands when it expires.
+//! Leader election: only the leader runs the controller, so only the leader writes.
+//!
+//! A standby looks at the Lease every retry period and takes it once it has expired in its
+//! own eyes ([`super::elector`]). The leader renews every retry period through a client of
+//! its own (no request limit, a deadline per request); if it has not renewed successfully
+//! within the renew deadline, counted from the start of its last successful renewal, it
+//! drops the controller (every sync in flight with it) and stands by, before any standby
+//! can see its lease expire. On SIGTERM the leader finishes its syncs and releases the
+//! Lease, so a standby takes over at its next look.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kube::Client;
-use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::LeaderArgs;
+use crate::edge::elector::{Candidate, Elector, Round, Timing};
 use crate::edge::metrics::SharedMetrics;
 use crate::edge::server::Readiness;
 use crate::runtime::{self, RuntimeConfig};
 
-const STANDBY_POLL: Duration = Duration::from_millis(750);
+/// What the elected instance runs with.
+pub struct Election {
+    /// The Lease's own client (see [`crate::act::client::build_unlimited`]).
+    pub lease_client: Client,
+    /// The controller's client.
+    pub client: Client,
+    pub candidate: Candidate,
+    pub config: RuntimeConfig,
+    pub metrics: SharedMetrics,
+    pub readiness: Readiness,
+}
+
+pub fn timing(args: &LeaderArgs) -> Timing {
+    Timing {
+        lease_duration: args.leader_elect_lease_duration,
+        renew_deadline: args.leader_elect_renew_deadline,
+        retry_period: args.leader_elect_retry_period,
+    }
+}
 
 pub async fn run_elected(
-    client: Client,
+    election: Election,
     args: &LeaderArgs,
-    identity: String,
-    config: RuntimeConfig,
-    metrics: SharedMetrics,
-    readiness: Readiness,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let duration = args.leader_elect_lease_duration.as_secs().max(3);
-    let new_manager = {
-        let client = client.clone();
-        let lease = args.leader_elect_lease_name.clone();
-        let namespace = args.leader_elect_namespace.clone();
-        let identity = identity.clone();
-        async move || {
-            LeaseManagerBuilder::new(client.clone(), &lease)
-                .with_namespace(&namespace)
-                .with_identity(&identity)
-                .with_duration(duration)
-                .with_grace((duration / 3).max(1))
-                .build()
-                .await
-        }
-    };
-    // Fail fast on a Lease we can never read or create (RBAC, namespace).
-    new_manager()
-        .await
-        .map_err(|e| anyhow::anyhow!("setting up the leader election Lease: {e}"))?;
-    let (leading_tx, mut leading) = watch::channel(false);
-    let (release_tx, release_rx) = watch::channel(false);
-    let elector = tokio::spawn(elect(new_manager, leading_tx, release_rx));
+    let timing = timing(args);
+    let identity = election.candidate.identity.clone();
+    let mut elector = Elector::new(
+        election.lease_client.clone(),
+        &args.leader_elect_namespace,
+        &args.leader_elect_lease_name,
+        election.candidate.clone(),
+        timing,
+    );
     info!(lease = %format!("{}/{}", args.leader_elect_namespace, args.leader_elect_lease_name),
         identity = %identity, "standing by for the leader lease");
-    readiness.set(true);
+    election.readiness.set_synced(true);
 
     let mut stopping = stop.clone();
     loop {
-        tokio::select! {
-            r = leading.wait_for(|l| *l) => { if r.is_err() { break; } }
+        let acquired = tokio::select! {
+            acquired = acquire(&mut elector, &timing) => acquired?,
             _ = stopping.wait_for(|s| *s) => break,
-        }
+        };
         info!(identity = %identity, "became the leader; starting to sync Jobs");
-        metrics.leader.set(1);
-        readiness.set(false);
-        let graceful = {
-            let mut stop = stop.clone();
-            async move {
-                stop.wait_for(|s| *s).await.ok();
-            }
-        };
-        let (caches, controller) =
-            runtime::controller(client.clone(), config.clone(), metrics.clone(), graceful);
-        let ready = readiness.clone();
-        let synced = tokio::spawn(async move {
-            caches.wait_until_ready().await;
-            ready.set(true);
-            info!("caches synced");
-        });
-        let lost = leading.wait_for(|l| !*l);
-        let stopped_gracefully = tokio::select! {
-            _ = controller => true,
-            _ = lost => false,
-        };
-        synced.abort();
-        metrics.leader.set(0);
-        if stopped_gracefully {
+        if lead(&election, &mut elector, &timing, acquired, stop.clone()).await {
+            release(&mut elector, &timing).await;
             break;
         }
-        // Dropping the controller cancelled every sync in flight: no write after this.
-        warn!(identity = %identity, "lost the leader lease; stopped syncing, standing by");
-        readiness.set(true);
-    }
-    release_tx.send(true).ok();
-    match elector.await {
-        Ok(()) => {}
-        Err(e) => warn!(error = %e, "leader election task failed"),
+        election.readiness.set_synced(true);
     }
     Ok(())
 }
 
-/// Keeps the Lease: renews it while leading, polls it while standing by, and releases it
-/// when told to.
-///
-/// kube-lease-manager re-reads a Lease only once its cached copy has expired, so a
-/// standby holding one manager would notice a released Lease only at the old expiry. A
-/// manager reads the Lease when it is built, so the standby builds a fresh one per poll
-/// (two GETs) and keeps the one that wins.
-async fn elect(
-    new_manager: impl AsyncFn() -> kube_lease_manager::Result<LeaseManager>,
-    leading: watch::Sender<bool>,
-    mut release: watch::Receiver<bool>,
-) {
-    enum Step {
-        Acquired(Box<LeaseManager>),
-        StillLeading,
-        Lost,
-        Waiting,
-        Failed(kube_lease_manager::LeaseManagerError),
-    }
-    let mut held: Option<LeaseManager> = None;
+/// Runs the controller while we hold the Lease. True when it stopped on SIGTERM; false
+/// when we stepped down (the controller and every sync in it dropped: no write after this).
+async fn lead(
+    election: &Election,
+    elector: &mut Elector,
+    timing: &Timing,
+    acquired: Instant,
+    stop: watch::Receiver<bool>,
+) -> bool {
+    election.metrics.leader.set(1);
+    election.readiness.set_synced(false);
+    let graceful = {
+        let mut stop = stop.clone();
+        async move {
+            stop.wait_for(|s| *s).await.ok();
+        }
+    };
+    let (caches, controller) = runtime::controller(
+        election.client.clone(),
+        election.config.clone(),
+        election.metrics.clone(),
+        graceful,
+    );
+    let ready = election.readiness.clone();
+    let synced = tokio::spawn(async move {
+        caches.wait_until_ready().await;
+        ready.set_synced(true);
+        info!("caches synced");
+    });
+    let stopped_gracefully = tokio::select! {
+        _ = controller => true,
+        lost = hold(elector, timing, acquired) => {
+            warn!(
+                identity = %elector.identity(),
+                reason = %lost.reason,
+                since_last_renew_ms = lost.since_last_renew.as_millis() as u64,
+                lease_duration_ms = timing.lease_duration.as_millis() as u64,
+                "stepped down: stopped syncing Jobs before the lease could expire; standing by"
+            );
+            false
+        }
+    };
+    synced.abort();
+    election.metrics.leader.set(0);
+    stopped_gracefully
+}
+
+/// Tries for the Lease every retry period until we hold it; returns when the successful
+/// request started (the renew deadline counts from there).
+async fn acquire(elector: &mut Elector, timing: &Timing) -> anyhow::Result<Instant> {
+    let mut first = true;
     loop {
-        let step = async {
-            match &held {
-                Some(manager) => match manager.changed().await {
-                    Ok(true) => Step::StillLeading,
-                    Ok(false) => Step::Lost,
-                    Err(e) => Step::Failed(e),
-                },
-                None => {
-                    let manager = match new_manager().await {
-                        Ok(m) => m,
-                        Err(e) => return Step::Failed(e),
-                    };
-                    match tokio::time::timeout(STANDBY_POLL, manager.changed()).await {
-                        Ok(Ok(true)) => Step::Acquired(Box::new(manager)),
-                        Ok(Ok(false)) | Err(_) => Step::Waiting,
-                        Ok(Err(e)) => Step::Failed(e),
-                    }
-                }
+        let started = Instant::now();
+        match elector.try_acquire_or_renew().await {
+            Ok(Round::Held) => return Ok(started),
+            Ok(Round::HeldBy(_)) | Ok(Round::Conflict) => {}
+            Err(e) if first && is_permanent(&e) => {
+                // RBAC or a missing namespace: waiting will not help.
+                anyhow::bail!("cannot use the leader election Lease: {e}");
             }
-        };
-        let released = async { release.wait_for(|r| *r).await.is_ok() };
-        let step = tokio::select! {
-            _ = released => None,
-            step = step => Some(step),
-        };
-        let Some(step) = step else {
-            if let Some(manager) = held.take() {
-                match manager.release().await {
-                    Ok(()) => info!("released the leader lease"),
-                    Err(e) => warn!(error = %e, "could not release the leader lease"),
-                }
+            Err(e) => warn!(error = %e, "could not read the leader Lease; retrying"),
+        }
+        first = false;
+        tokio::time::sleep(timing.retry_period).await;
+    }
+}
+
+/// Why the leader stepped down.
+struct Lost {
+    reason: String,
+    since_last_renew: Duration,
+}
+
+/// Renews the Lease every retry period; returns once another holder shows up or no renewal
+/// succeeded within the renew deadline. Each attempt is cut off at that deadline, so a hung
+/// request cannot keep us leading past it.
+async fn hold(elector: &mut Elector, timing: &Timing, acquired: Instant) -> Lost {
+    let mut last_renew = acquired;
+    loop {
+        let deadline = last_renew + timing.renew_deadline;
+        let next = (Instant::now() + timing.retry_period).min(deadline);
+        tokio::time::sleep_until(next.into()).await;
+        let started = Instant::now();
+        if started >= deadline {
+            return lost(
+                format!("no renewal within {:?}", timing.renew_deadline),
+                last_renew,
+            );
+        }
+        match tokio::time::timeout_at(deadline.into(), elector.try_acquire_or_renew()).await {
+            Ok(Ok(Round::Held)) => {
+                debug!("renewed the leader lease");
+                last_renew = started;
             }
-            return;
-        };
-        match step {
-            Step::Acquired(manager) => {
-                held = Some(*manager);
-                leading.send(true).ok();
+            Ok(Ok(Round::HeldBy(holder))) => {
+                return lost(format!("the Lease is now held by {holder}"), last_renew);
             }
-            Step::StillLeading | Step::Waiting => {}
-            Step::Lost => {
-                held = None;
-                leading.send(false).ok();
-            }
-            Step::Failed(e) => {
-                // Unsure whether we still hold the Lease: step down rather than risk two
-                // writers.
-                warn!(error = %e, "leader lease error");
-                if held.take().is_some() {
-                    leading.send(false).ok();
-                }
-                tokio::time::sleep(STANDBY_POLL).await;
+            Ok(Ok(Round::Conflict)) => debug!("the Lease changed while renewing; retrying"),
+            Ok(Err(e)) => warn!(error = %e, "could not renew the leader lease; retrying"),
+            Err(_) => {
+                return lost(
+                    format!("no renewal within {:?}", timing.renew_deadline),
+                    last_renew,
+                );
             }
         }
     }
+}
+
+fn lost(reason: String, last_renew: Instant) -> Lost {
+    Lost {
+        reason,
+        since_last_renew: last_renew.elapsed(),
+    }
+}
+
+/// Releases the Lease on the way out, within a renew deadline.
+async fn release(elector: &mut Elector, timing: &Timing) {
+    match tokio::time::timeout(timing.renew_deadline, elector.release()).await {
+        Ok(Ok(true)) => info!("released the leader lease"),
+        Ok(Ok(false)) => info!("the leader lease was no longer ours to release"),
+        Ok(Err(e)) => warn!(error = %e, "could not release the leader lease"),
+        Err(_) => warn!("could not release the leader lease in time"),
+    }
+}
+
+/// An answer no retry changes: forbidden, or the namespace or API missing.
+fn is_permanent(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 401 || s.code == 403 || s.code == 404)
 }

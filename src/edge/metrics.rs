@@ -52,6 +52,11 @@ pub struct RequestLatencyLabels {
     pub resource: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabel {
+    pub watch: String,
+}
+
 #[derive(Clone)]
 pub struct Buckets(fn() -> Histogram);
 
@@ -81,6 +86,7 @@ pub struct Metrics {
     pub status_writes_held: Counter,
     pub leader: Gauge,
     pub managed_jobs: Gauge,
+    pub watch_healthy: Family<WatchLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -106,6 +112,7 @@ impl Metrics {
             status_writes_held: Counter::default(),
             leader: Gauge::default(),
             managed_jobs: Gauge::default(),
+            watch_healthy: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -168,6 +175,11 @@ impl Metrics {
             "managed_jobs",
             "Jobs in the controller's cache (ours by spec.managedBy)",
             m.managed_jobs.clone(),
+        );
+        registry.register(
+            "watch_healthy",
+            "1 while every watch of a kind (jobs, pods, manualSelector pods) is connected, 0 once one has failed to reach the API server for --watch-unhealthy-after",
+            m.watch_healthy.clone(),
         );
         Self { registry, ..m }
     }

@@ -11,19 +11,36 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::edge::health::WatchHealth;
 use crate::edge::metrics::SharedMetrics;
 
-/// Set once the caches have synced (and, with leader election, once this instance is
-/// either leading with synced caches or standing by).
-#[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+/// Ready when the caches have synced (or, with leader election, while standing by) and no
+/// watch has been failing for `--watch-unhealthy-after`: a stale cache is not ready.
+#[derive(Clone)]
+pub struct Readiness {
+    synced: Arc<AtomicBool>,
+    watches: WatchHealth,
+}
 
 impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+    pub fn new(watches: WatchHealth) -> Self {
+        Readiness {
+            synced: Arc::default(),
+            watches,
+        }
     }
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+    pub fn set_synced(&self, synced: bool) {
+        self.synced.store(synced, Ordering::SeqCst);
+    }
+    /// Why not ready, if not.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if !self.synced.load(Ordering::SeqCst) {
+            return Err("caches not synced");
+        }
+        if !self.watches.healthy() {
+            return Err("a watch cannot reach the API server");
+        }
+        Ok(())
     }
 }
 
@@ -42,10 +59,9 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(ready): State<Readiness>) -> impl IntoResponse {
-    if ready.get() {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+    match ready.check() {
+        Ok(()) => (StatusCode::OK, "ok"),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 

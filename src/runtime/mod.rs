@@ -28,9 +28,10 @@ use tracing::{debug, error};
 use crate::act::execute::EventSink;
 use crate::cluster::expectations::Expectations;
 use crate::cluster::pod_index::PodIndex;
-use crate::cluster::selector_watches::SelectorWatches;
+use crate::cluster::selector_watches::{CONTROLLER_UID_LABEL, SelectorWatches};
 use crate::cluster::status_batch::StatusBatcher;
 use crate::config::BUILT_IN_MANAGER;
+pub use crate::edge::health::WatchSettings;
 use crate::edge::metrics::SharedMetrics;
 use crate::plan::BackoffRecord;
 
@@ -108,6 +109,7 @@ pub struct RuntimeConfig {
     pub status_batch_period: Duration,
     /// How long a change of only active/ready/terminating may wait.
     pub status_gauge_delay: Duration,
+    pub watches: WatchSettings,
 }
 
 /// Whether the controller's caches have synced, for readiness and for syncs that must
@@ -168,17 +170,33 @@ pub fn controller(
     let (left_tx, left_rx) = mpsc::unbounded_channel();
     let (orphans_tx, orphans_rx) = mpsc::unbounded_channel();
     let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
-    let selector_watches = SelectorWatches::new(client.clone(), wake_tx, left_tx.clone());
+    let selector_watches = SelectorWatches::new(
+        client.clone(),
+        config.watches.clone(),
+        wake_tx,
+        left_tx.clone(),
+    );
     let (ctx, background) = context(&client, &config, metrics, jobs, pods, selector_watches);
 
     let (jobs_api, pods_api) = watches::apis(&client, &config.ownership.namespaces);
+    let health = &config.watches.health;
+    let registrations = [
+        health.register("jobs", jobs_api.resource_url(), None),
+        health.register("pods", pods_api.resource_url(), Some(CONTROLLER_UID_LABEL)),
+    ];
     let ownership = config.ownership.clone();
     let to_cleanup = (deleted_tx, orphans_tx.clone());
-    let job_events = watches::job_watch(jobs_api, job_writer, ownership, to_cleanup, &ctx);
+    let job_config = config.watches.config();
+    let job_events = watches::job_watch(
+        jobs_api, job_config, job_writer, ownership, to_cleanup, &ctx,
+    );
     let namespaces = config.ownership.namespaces.clone();
     let pod_index = ctx.pod_index.clone();
     let to_cleanup = (left_tx, orphans_tx);
-    let pod_events = watches::pod_watch(pods_api, pod_writer, namespaces, to_cleanup, pod_index);
+    let pod_config = config.watches.config().labels(CONTROLLER_UID_LABEL);
+    let pod_events = watches::pod_watch(
+        pods_api, pod_config, pod_writer, namespaces, to_cleanup, pod_index,
+    );
     let ownership = config.ownership.clone();
     let cleanup = cleanup::cleanup_tasks(ctx.clone(), ownership, deleted_rx, left_rx, orphans_rx);
     let caches = ctx.caches.clone();
@@ -192,6 +210,8 @@ pub fn controller(
     );
 
     let run = async move {
+        // The watches are judged for as long as they run.
+        let _registrations = registrations;
         tokio::select! {
             _ = syncs => {}
             _ = cleanup => {}

@@ -21,7 +21,6 @@ use super::{Context, Ownership, Pending};
 pub(super) type OrphanHints = mpsc::UnboundedSender<OrphanHint>;
 use crate::cluster::pod_decode::{WatchedPod, unwrap_watched};
 use crate::cluster::pod_index::{PodIndex, controller_of, selector_of};
-use crate::cluster::selector_watches::CONTROLLER_UID_LABEL;
 
 /// The APIs the Job and pod watches list.
 pub(super) fn apis(client: &Client, namespaces: &HashSet<String>) -> (Api<Job>, Api<WatchedPod>) {
@@ -42,6 +41,7 @@ pub(super) fn apis(client: &Client, namespaces: &HashSet<String>) -> (Api<Job>, 
 /// `deleted`, each (re)list to `orphans`; each Job it applies counted as pending.
 pub(super) fn job_watch(
     api: Api<Job>,
+    config: watcher::Config,
     writer: Writer<Job>,
     ownership: Ownership,
     (deleted, orphans): (mpsc::UnboundedSender<Arc<Job>>, OrphanHints),
@@ -51,7 +51,7 @@ pub(super) fn job_watch(
     let jobs = ctx.jobs.clone();
     let pending = ctx.pending.clone();
     let managed_jobs = ctx.metrics.managed_jobs.clone();
-    watcher(api, watcher::Config::default())
+    watcher(api, config)
         .default_backoff()
         .filter_map(ours_only(ownership, deleted))
         .modify(slim_job)
@@ -75,17 +75,19 @@ pub(super) fn job_watch(
         })
 }
 
-/// The pod watch: the pods of Jobs with a generated selector in our namespaces, into the
-/// pod store and then the index; pods that left the watch's selector to `left`; each
-/// (re)list and each pod that may be orphaned to `orphans`.
+/// The pod watch (`config` selects the controller-uid label): the pods of Jobs with a
+/// generated selector in our namespaces, into the pod store and then the index; pods that
+/// left the watch's selector to `left`; each (re)list and each pod that may be orphaned to
+/// `orphans`.
 pub(super) fn pod_watch(
     api: Api<WatchedPod>,
+    config: watcher::Config,
     writer: Writer<Pod>,
     namespaces: HashSet<String>,
     (left, orphans): (mpsc::UnboundedSender<Arc<Pod>>, OrphanHints),
     index: PodIndex,
 ) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
-    watcher(api, watcher::Config::default().labels(CONTROLLER_UID_LABEL))
+    watcher(api, config)
         .default_backoff()
         .map_ok(unwrap_watched)
         .filter_map(move |event| {

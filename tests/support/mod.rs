@@ -4,6 +4,7 @@
 //! upstream's Job integration tests do.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod real;
 pub mod twins;
 
