@@ -82,8 +82,8 @@ pub fn track(
         still_listed(pods.stored_succeeded, &with_finalizer);
     let (uncounted_failed, gone_failed) = still_listed(pods.stored_failed, &with_finalizer);
     let mut tracked = Tracked {
-        succeeded: pods.counted_succeeded + gone_succeeded,
-        failed: pods.counted_failed + gone_failed,
+        succeeded: pods.counted_succeeded.saturating_add(gone_succeeded),
+        failed: pods.counted_failed.saturating_add(gone_failed),
         uncounted_succeeded,
         uncounted_failed,
         completed_indexes: None,
