@@ -92,6 +92,8 @@ pub fn classify<'a>(
                 && spec.is_failed(p)
                 && spec.countable(p)
                 && !stored_failed_set.contains(uid(p))
+                // Listed as succeeded already (by another writer): recorded, not new.
+                && !stored_succeeded_set.contains(uid(p))
         })
         .collect();
     let new_failed_counted = count(

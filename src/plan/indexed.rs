@@ -207,6 +207,9 @@ pub struct Indexes<'a> {
 }
 
 impl<'a> Indexes<'a> {
+    /// An index is either completed or failed, never both (the apiserver rejects a status
+    /// where the lists overlap): a failed index stays failed when a duplicate pod of it
+    /// succeeds later, and a completed one stays completed when a duplicate fails.
     pub fn of(
         spec: &Spec<'_>,
         claimed: &Claimed<'a>,
@@ -220,11 +223,19 @@ impl<'a> Indexes<'a> {
             current.completed_indexes.as_deref().unwrap_or(""),
             spec.index_count,
         );
+        let previously_failed = spec.backoff_limit_per_index.map(|_| {
+            Intervals::parse(
+                current.failed_indexes.as_deref().unwrap_or(""),
+                spec.index_count,
+            )
+        });
+        let was_failed = |ix: &i32| previously_failed.as_ref().is_some_and(|f| f.has(*ix));
         let mut newly: Vec<i32> = claimed
             .owned
             .iter()
             .filter(|p| claimed.tracked(p) && pods::is_succeeded(p))
             .filter_map(|p| spec.valid_index(p))
+            .filter(|ix| !was_failed(ix))
             .collect();
         newly.sort_unstable();
         let completed = previously_completed.with_indexes(&newly);
@@ -234,16 +245,15 @@ impl<'a> Indexes<'a> {
             failed: None,
             last_failed: BTreeMap::new(),
         };
-        if let Some(limit) = spec.backoff_limit_per_index {
-            let previously_failed = Intervals::parse(
-                current.failed_indexes.as_deref().unwrap_or(""),
-                spec.index_count,
-            );
+        if let (Some(limit), Some(previously_failed)) =
+            (spec.backoff_limit_per_index, previously_failed)
+        {
             let mut newly_failed: Vec<i32> = claimed
                 .owned
                 .iter()
                 .filter(|p| claimed.tracked(p) && is_index_failed(spec, p, limit))
                 .filter_map(|p| spec.valid_index(p))
+                .filter(|ix| !indexes.completed.has(*ix))
                 .collect();
             newly_failed.sort_unstable();
             let failed = previously_failed.with_indexes(&newly_failed);
@@ -631,5 +641,27 @@ mod tests {
             .collect();
         // One of two: the terminating pod holds a place of the parallelism.
         assert_eq!(created, vec!["0"]);
+    }
+
+    #[test]
+    fn an_index_is_never_both_completed_and_failed() {
+        // Two pods of one index (a replacement raced its predecessor): the one that
+        // finishes second does not move the index into the other list.
+        let mut j = indexed_job(3, 1);
+        spec(&mut j).backoff_limit_per_index = Some(0);
+        let s = st(&mut j);
+        s.completed_indexes = Some("0".into());
+        s.succeeded = Some(1);
+        s.failed_indexes = Some("".into());
+        let p = run(&j, &[pod("a", "Failed").index(0)]);
+        let s = status_after(&j, &p);
+        assert_eq!(s.failed_indexes.as_deref(), Some(""));
+        st(&mut j).completed_indexes = None;
+        st(&mut j).succeeded = None;
+        st(&mut j).failed_indexes = Some("0".into());
+        let p = run(&j, &[pod("a", "Succeeded").index(0)]);
+        let s = status_after(&j, &p);
+        assert_eq!((s.completed_indexes, s.succeeded), (None, None));
+        assert_eq!(names(&p.remove_finalizers), vec!["a"]);
     }
 }
