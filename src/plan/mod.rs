@@ -37,6 +37,8 @@ pub mod failure_policy;
 pub mod indexed;
 mod manage;
 pub mod pods;
+#[cfg(test)]
+mod properties;
 mod rule;
 mod spec;
 pub mod status;
