@@ -91,7 +91,7 @@ pub fn explain_job(job: &Job, pods: &[Pod], owner: &Owner, now: Timestamp) -> St
             None => {}
         }
     }
-    let backoff = backoff_from_pods(job, &owned);
+    let backoff = backoff_from_pods(job, &owned, now);
     let finalizer_removed = HashSet::new();
     let snapshot = Snapshot {
         job,
@@ -110,7 +110,7 @@ pub fn explain_job(job: &Job, pods: &[Pod], owner: &Owner, now: Timestamp) -> St
 /// finished pods the status already accounts for (finalizer gone, or listed in
 /// `uncountedTerminatedPods`). Pods still to be counted are left to the planner, which adds
 /// them itself. Pods already deleted are forgotten, so this can only under-count.
-pub fn backoff_from_pods(job: &Job, owned: &[&Pod]) -> BackoffRecord {
+pub fn backoff_from_pods(job: &Job, owned: &[&Pod], now: Timestamp) -> BackoffRecord {
     let spec = job.spec.as_ref();
     let only_replace_failed = match spec.and_then(|s| s.pod_replacement_policy.as_deref()) {
         Some(policy) => policy == "Failed",
@@ -139,7 +139,7 @@ pub fn backoff_from_pods(job: &Job, owned: &[&Pod]) -> BackoffRecord {
         .filter(|p| pods::is_failed(p, only_replace_failed))
         .copied()
         .collect();
-    plan::backoff::next_record(&BackoffRecord::default(), &succeeded, &failed)
+    plan::backoff::next_record(&BackoffRecord::default(), &succeeded, &failed, now)
 }
 
 /// The state a pod is shown under, in lifecycle order.
@@ -493,13 +493,19 @@ fn pod_detail(pod: &Pod, state: PodState, plan: &Plan, now: Timestamp) -> String
             }
         }
         PodState::Succeeded => {
-            parts.push(format!("finished {}", ago(pods::finish_time(pod), now)));
+            parts.push(format!(
+                "finished {}",
+                ago(pods::finish_time(pod, now), now)
+            ));
         }
         PodState::Failed => {
             if let Some(why) = failure_reason(pod) {
                 parts.push(why);
             }
-            parts.push(format!("finished {}", ago(pods::finish_time(pod), now)));
+            parts.push(format!(
+                "finished {}",
+                ago(pods::finish_time(pod, now), now)
+            ));
         }
     }
     let restarts = pods::restart_count(pod);
@@ -1201,7 +1207,7 @@ Next        jobkeeper will
         ];
         let refs: Vec<&Pod> = pods.iter().collect();
         assert_eq!(
-            backoff_from_pods(&j, &refs),
+            backoff_from_pods(&j, &refs, at(100)),
             BackoffRecord {
                 failures_after_last_success: 2,
                 last_failure_time: Some(at(70)),

@@ -26,13 +26,14 @@ pub fn next_record(
     old: &BackoffRecord,
     new_succeeded: &[&Pod],
     new_failed: &[&Pod],
+    now: Timestamp,
 ) -> BackoffRecord {
-    let new_success = new_succeeded.iter().map(|p| finish_time(p)).max();
+    let new_success = new_succeeded.iter().map(|p| finish_time(p, now)).max();
     // `None` orders first: the later of the two, or whichever there is.
     let last_success = new_success.max(old.last_success_time);
     let mut after: Vec<Timestamp> = new_failed
         .iter()
-        .map(|p| finish_time(p))
+        .map(|p| finish_time(p, now))
         .filter(|t| last_success.is_none_or(|s| *t > s))
         .collect();
     after.sort();
@@ -45,7 +46,7 @@ pub fn next_record(
         }
     } else {
         BackoffRecord {
-            failures_after_last_success: old.failures_after_last_success + failures,
+            failures_after_last_success: old.failures_after_last_success.saturating_add(failures),
             last_failure_time: after.last().copied().or(old.last_failure_time),
             last_success_time: last_success,
         }
@@ -113,7 +114,7 @@ pub fn indexes_past_backoff(
     for ix in indexes {
         let wait = last_failed.get(&ix).map_or(Duration::ZERO, |last| {
             let failures = (pods::index_absolute_failure_count(last) as u32).saturating_add(1);
-            remaining(failures, Some(finish_time(last)), now)
+            remaining(failures, Some(finish_time(last, now)), now)
         });
         if wait.is_zero() {
             ready_now.push(ix);
@@ -169,18 +170,23 @@ mod tests {
         .unwrap()
     }
 
+    /// The sync's clock, a minute after the pods above finished.
+    fn t0() -> Timestamp {
+        "2026-01-01T00:01:00Z".parse().unwrap()
+    }
+
     #[test]
     fn a_failure_counts_only_after_the_last_success_even_one_sync_later() {
         let success = finished("Succeeded", "2026-01-01T00:00:05Z");
-        let record = next_record(&BackoffRecord::default(), &[&success], &[]);
+        let record = next_record(&BackoffRecord::default(), &[&success], &[], t0());
         assert_eq!(record.failures_after_last_success, 0);
         // Finished in the same second as the success, seen by the next sync: not after it.
         let same_second = finished("Failed", "2026-01-01T00:00:05Z");
-        let record = next_record(&record, &[], &[&same_second]);
+        let record = next_record(&record, &[], &[&same_second], t0());
         assert_eq!(record.failures_after_last_success, 0);
         assert_eq!(record.last_failure_time, None);
         let later = finished("Failed", "2026-01-01T00:00:07Z");
-        let record = next_record(&record, &[], &[&later]);
+        let record = next_record(&record, &[], &[&later], t0());
         assert_eq!(record.failures_after_last_success, 1);
         assert_eq!(
             record.last_failure_time,
@@ -190,7 +196,7 @@ mod tests {
         let earlier = finished("Failed", "2026-01-01T00:00:08Z");
         let success = finished("Succeeded", "2026-01-01T00:00:09Z");
         let last = finished("Failed", "2026-01-01T00:00:10Z");
-        let record = next_record(&record, &[&success], &[&earlier, &last]);
+        let record = next_record(&record, &[&success], &[&earlier, &last], t0());
         assert_eq!(record.failures_after_last_success, 1);
         assert_eq!(
             record.last_success_time,

@@ -57,12 +57,14 @@ pub fn classify<'a>(
         .copied()
         .filter(|p| pods::is_active(p))
         .collect();
-    let ready = active.iter().filter(|p| pods::is_ready(p)).count() as i32;
-    let terminating = claimed
-        .owned
-        .iter()
-        .filter(|p| pods::is_terminating(p))
-        .count() as i32;
+    let ready = count(active.iter().filter(|p| pods::is_ready(p)).count());
+    let terminating = count(
+        claimed
+            .owned
+            .iter()
+            .filter(|p| pods::is_terminating(p))
+            .count(),
+    );
     let stored = current.uncounted_terminated_pods.as_ref();
     let stored_succeeded = stored
         .and_then(|u| u.succeeded.as_deref())
@@ -90,19 +92,33 @@ pub fn classify<'a>(
                 && spec.is_failed(p)
                 && spec.countable(p)
                 && !stored_failed_set.contains(uid(p))
+                // Listed as succeeded already (by another writer): recorded, not new.
+                && !stored_succeeded_set.contains(uid(p))
         })
         .collect();
-    let new_failed_counted = new_failed
-        .iter()
-        .filter(|p| failure_policy::match_pod(spec.pod_failure_policy, p).counts)
-        .count() as i32;
+    let new_failed_counted = count(
+        new_failed
+            .iter()
+            .filter(|p| failure_policy::match_pod(spec.pod_failure_policy, p).counts)
+            .count(),
+    );
     let indexes = Indexes::of(spec, &claimed, &active, current);
+    // The counters come from the status, which anyone with access to it may have set to
+    // int32's limit: they saturate there rather than wrap or panic.
     let succeeded = if spec.indexed {
         indexes.completed.total()
     } else {
-        current.succeeded.unwrap_or(0) + new_succeeded.len() as i32 + stored_succeeded.len() as i32
+        current
+            .succeeded
+            .unwrap_or(0)
+            .saturating_add(count(new_succeeded.len()))
+            .saturating_add(count(stored_succeeded.len()))
     };
-    let failed = current.failed.unwrap_or(0) + new_failed_counted + stored_failed.len() as i32;
+    let failed = current
+        .failed
+        .unwrap_or(0)
+        .saturating_add(new_failed_counted)
+        .saturating_add(count(stored_failed.len()));
     Classified {
         claimed,
         active,
@@ -120,6 +136,11 @@ pub fn classify<'a>(
         failed,
         indexes,
     }
+}
+
+/// A number of pods as the status counts them (int32), saturating.
+pub fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 #[cfg(test)]
@@ -149,6 +170,25 @@ mod tests {
             assert_eq!(s.terminating, Some(1));
             // Failed: the terminating pod blocks its replacement.
             assert_eq!(p.create.is_empty(), policy == Some("Failed"), "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn counters_at_the_int32_limit_saturate() {
+        use k8s_openapi::api::batch::v1::UncountedTerminatedPods;
+        let mut j = running(job(None, 3), 1);
+        st(&mut j).succeeded = Some(i32::MAX);
+        st(&mut j).failed = Some(i32::MAX);
+        st(&mut j).uncounted_terminated_pods = Some(UncountedTerminatedPods {
+            succeeded: Some(vec!["gone-s-uid".into()]),
+            failed: Some(vec!["gone-f-uid".into()]),
+        });
+        let mut limitless = j.clone();
+        spec(&mut limitless).backoff_limit = Some(i32::MAX);
+        for j in [j, limitless] {
+            let p = run(&j, &[pod("a", "Succeeded"), pod("b", "Failed")]);
+            let s = p.status.unwrap();
+            assert_eq!((s.succeeded, s.failed), (Some(i32::MAX), Some(i32::MAX)));
         }
     }
 }

@@ -3,6 +3,7 @@
 //! and the events that announce the end.
 
 use k8s_openapi::api::batch::v1::JobCondition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use super::manage::Managed;
@@ -42,6 +43,11 @@ pub fn finish(
         ensure(conditions, &c.type_, "True", &reason, &message, now);
         announce(spec, &c.type_, &reason, &message, tracked.succeeded, plan);
         finished_now = true;
+        // The apiserver requires startTime on a finished Job; a suspended one that ends
+        // (its last pod succeeded as it was suspended) has none.
+        if draft.start_time.is_none() {
+            draft.start_time = Some(Time(now));
+        }
     }
     if final_condition.is_some() {
         // Done, or only the pods are left to wait for: their events bring the Job back.
@@ -213,5 +219,27 @@ mod tests {
         let s = p.status.unwrap();
         assert!(!has_cond(&s, FAILED));
         assert_eq!(s.terminating, Some(1));
+    }
+
+    #[test]
+    fn a_job_that_completes_while_suspended_gets_a_start_time() {
+        // The last pod succeeded as the Job was suspended: startTime was cleared, and the
+        // apiserver wants one on a finished Job.
+        let mut j = job(Some(1), 1);
+        spec(&mut j).suspend = Some(true);
+        st(&mut j).succeeded = Some(1);
+        let s = run(&j, &[]).status.unwrap();
+        assert!(has_cond(&s, COMPLETE));
+        assert_eq!(s.start_time, Some(Time(now())));
+    }
+
+    #[test]
+    fn completion_time_is_never_before_a_start_time_from_a_clock_ahead() {
+        let mut j = running(job(Some(1), 1), 0);
+        st(&mut j).start_time = Some(Time(t(5000)));
+        st(&mut j).succeeded = Some(1);
+        let s = run(&j, &[]).status.unwrap();
+        assert!(has_cond(&s, COMPLETE));
+        assert_eq!(s.completion_time, Some(Time(t(5000))));
     }
 }

@@ -25,32 +25,37 @@ pub struct Intervals(pub Vec<(i32, i32)>);
 impl Intervals {
     /// Parses an interval list the way the Job controller reads its own status: corrupt
     /// pieces are skipped, anything at or past `completions` is cut off.
+    ///
+    /// A status someone else wrote may hold pieces out of order, overlapping or reversed
+    /// (`5-3`); upstream's reader assumes its own order. Reversed pieces are skipped and the
+    /// rest sorted and merged, so every list this returns is in the form the other methods
+    /// rely on (sorted, disjoint, below `completions`).
     pub fn parse(text: &str, completions: i32) -> Self {
-        let mut out: Vec<(i32, i32)> = Vec::new();
+        let mut pieces: Vec<(i32, i32)> = Vec::new();
         if text.is_empty() {
-            return Self(out);
+            return Self(pieces);
         }
         for piece in text.split(',') {
             let mut limits = piece.split('-');
             let Some(Ok(first)) = limits.next().map(str::parse::<i32>) else {
                 continue;
             };
-            if first >= completions {
-                break;
+            if first < 0 || first >= completions {
+                continue;
             }
             let last = match limits.next() {
                 Some(s) => match s.parse::<i32>() {
-                    Ok(last) => last.min(completions - 1),
+                    Ok(last) => last.min(completions.saturating_sub(1)),
                     Err(_) => continue,
                 },
                 None => first,
             };
-            match out.last_mut() {
-                Some(prev) if prev.1 == first - 1 => prev.1 = last,
-                _ => out.push((first, last)),
+            if last >= first {
+                pieces.push((first, last));
             }
         }
-        Self(out)
+        pieces.sort_unstable();
+        Self::default().merge(&Self(pieces))
     }
 
     /// Whether `text` is a well-formed list whose indexes are all below `completions`
@@ -117,8 +122,15 @@ impl Intervals {
         Self(out)
     }
 
+    /// How many indexes the list holds (at most `i32::MAX`, what a count in the status
+    /// can say).
     pub fn total(&self) -> i32 {
-        self.0.iter().map(|(a, b)| b - a + 1).sum()
+        let total: i64 = self
+            .0
+            .iter()
+            .map(|&(a, b)| i64::from(b) - i64::from(a) + 1)
+            .sum();
+        i32::try_from(total).unwrap_or(i32::MAX)
     }
 
     pub fn has(&self, index: i32) -> bool {
@@ -151,7 +163,7 @@ impl fmt::Display for Intervals {
                 f.write_str(",")?;
             }
             write!(f, "{first}")?;
-            if last == first + 1 {
+            if first.checked_add(1) == Some(last) {
                 write!(f, ",{last}")?;
             } else if last > first {
                 write!(f, "-{last}")?;
@@ -170,7 +182,7 @@ pub fn first_pending(taken: &Intervals, count: usize, completions: i32) -> Vec<i
             out.push(candidate);
             candidate += 1;
         }
-        candidate = candidate.max(last + 1);
+        candidate = candidate.max(last.saturating_add(1));
     }
     while candidate < completions && out.len() < count {
         out.push(candidate);
@@ -195,6 +207,9 @@ pub struct Indexes<'a> {
 }
 
 impl<'a> Indexes<'a> {
+    /// An index is either completed or failed, never both (the apiserver rejects a status
+    /// where the lists overlap): a failed index stays failed when a duplicate pod of it
+    /// succeeds later, and a completed one stays completed when a duplicate fails.
     pub fn of(
         spec: &Spec<'_>,
         claimed: &Claimed<'a>,
@@ -208,11 +223,19 @@ impl<'a> Indexes<'a> {
             current.completed_indexes.as_deref().unwrap_or(""),
             spec.index_count,
         );
+        let previously_failed = spec.backoff_limit_per_index.map(|_| {
+            Intervals::parse(
+                current.failed_indexes.as_deref().unwrap_or(""),
+                spec.index_count,
+            )
+        });
+        let was_failed = |ix: &i32| previously_failed.as_ref().is_some_and(|f| f.has(*ix));
         let mut newly: Vec<i32> = claimed
             .owned
             .iter()
             .filter(|p| claimed.tracked(p) && pods::is_succeeded(p))
             .filter_map(|p| spec.valid_index(p))
+            .filter(|ix| !was_failed(ix))
             .collect();
         newly.sort_unstable();
         let completed = previously_completed.with_indexes(&newly);
@@ -222,16 +245,15 @@ impl<'a> Indexes<'a> {
             failed: None,
             last_failed: BTreeMap::new(),
         };
-        if let Some(limit) = spec.backoff_limit_per_index {
-            let previously_failed = Intervals::parse(
-                current.failed_indexes.as_deref().unwrap_or(""),
-                spec.index_count,
-            );
+        if let (Some(limit), Some(previously_failed)) =
+            (spec.backoff_limit_per_index, previously_failed)
+        {
             let mut newly_failed: Vec<i32> = claimed
                 .owned
                 .iter()
                 .filter(|p| claimed.tracked(p) && is_index_failed(spec, p, limit))
                 .filter_map(|p| spec.valid_index(p))
+                .filter(|ix| !indexes.completed.has(*ix))
                 .collect();
             newly_failed.sort_unstable();
             let failed = previously_failed.with_indexes(&newly_failed);
@@ -251,7 +273,8 @@ impl<'a> Indexes<'a> {
             .is_some_and(|max| failed.total() > max)
         {
             (REASON_MAX_FAILED_INDEXES, MESSAGE_MAX_FAILED_INDEXES)
-        } else if failed.total() > 0 && failed.total() + self.completed.total() >= spec.index_count
+        } else if failed.total() > 0
+            && failed.total().saturating_add(self.completed.total()) >= spec.index_count
         {
             (REASON_FAILED_INDEXES, MESSAGE_FAILED_INDEXES)
         } else {
@@ -300,7 +323,7 @@ fn last_failed<'a>(
         }
         let replace = last.get(&ix).is_none_or(|seen| {
             pods::index_absolute_failure_count(seen) <= pods::index_absolute_failure_count(p)
-                && pods::finish_time(p) >= pods::finish_time(seen)
+                && pods::finish_time(p, spec.now) >= pods::finish_time(seen, spec.now)
         });
         if replace {
             last.insert(ix, p);
@@ -554,5 +577,91 @@ mod tests {
         assert!(has_cond(&s, COMPLETE), "{s:#?}");
         assert_eq!(s.completed_indexes.as_deref(), Some("0-2"));
         assert_eq!(s.succeeded, Some(3));
+    }
+
+    #[test]
+    fn garbage_index_lists_parse_sorted_disjoint_and_below_completions() {
+        let cases = [
+            ("5-3,9,1-2,x,2-4,-1,7-,3", 10, vec![(1, 4), (9, 9)]),
+            ("8,2,4-12", 10, vec![(2, 2), (4, 9)]),
+            (
+                "0-2147483646,0-2147483646",
+                i32::MAX,
+                vec![(0, i32::MAX - 1)],
+            ),
+            ("0,1", 0, vec![]),
+            ("-,--,1--2,,", 10, vec![]),
+        ];
+        for (text, completions, want) in cases {
+            let got = Intervals::parse(text, completions);
+            assert_eq!(got, Intervals(want), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn interval_lists_at_the_int32_limit_count_and_print() {
+        assert_eq!(Intervals::parse("0-2147483646", i32::MAX).total(), i32::MAX);
+        assert_eq!(Intervals(vec![(0, i32::MAX)]).total(), i32::MAX);
+        let last = Intervals(vec![(i32::MAX, i32::MAX)]);
+        assert_eq!(last.to_string(), "2147483647");
+        let taken = Intervals(vec![(1, 1), (i32::MAX, i32::MAX)]);
+        assert_eq!(first_pending(&taken, 3, i32::MAX), vec![0, 2, 3]);
+    }
+
+    #[test]
+    fn an_active_pod_with_the_largest_index_does_not_stop_the_others() {
+        // Indexes past completions on active pods (a tampered annotation) are deleted and
+        // the missing ones created, at completions near the int32 limit too.
+        let mut j = running(indexed_job(i32::MAX, 2), 1);
+        st(&mut j).completed_indexes = Some("0-2147483646,0-2147483646".into());
+        let s = run(&j, &[pod("a", "Running").index(i32::MAX)])
+            .status
+            .unwrap();
+        assert_eq!(s.succeeded, Some(i32::MAX));
+        assert!(has_cond(&s, SUCCESS_CRITERIA_MET));
+        let j = running(indexed_job(1_000_000_000, 2), 2);
+        let p = run(
+            &j,
+            &[
+                pod("a", "Running").index(i32::MAX),
+                pod("b", "Running").annotation(pods::COMPLETION_INDEX, "-4"),
+            ],
+        );
+        assert_eq!(names(&p.delete), vec!["a", "b"]);
+        // A terminating pod's index holds its place (podReplacementPolicy Failed), also a
+        // bogus one.
+        let mut j = running(indexed_job(1_000_000_000, 2), 0);
+        spec(&mut j).pod_replacement_policy = Some("Failed".into());
+        st(&mut j).terminating = Some(1);
+        let p = run(&j, &[pod("a", "Running").index(i32::MAX).deleting()]);
+        let created: Vec<String> = p
+            .create
+            .iter()
+            .map(|c| c.metadata.annotations.as_ref().unwrap()[pods::COMPLETION_INDEX].clone())
+            .collect();
+        // One of two: the terminating pod holds a place of the parallelism.
+        assert_eq!(created, vec!["0"]);
+    }
+
+    #[test]
+    fn an_index_is_never_both_completed_and_failed() {
+        // Two pods of one index (a replacement raced its predecessor): the one that
+        // finishes second does not move the index into the other list.
+        let mut j = indexed_job(3, 1);
+        spec(&mut j).backoff_limit_per_index = Some(0);
+        let s = st(&mut j);
+        s.completed_indexes = Some("0".into());
+        s.succeeded = Some(1);
+        s.failed_indexes = Some("".into());
+        let p = run(&j, &[pod("a", "Failed").index(0)]);
+        let s = status_after(&j, &p);
+        assert_eq!(s.failed_indexes.as_deref(), Some(""));
+        st(&mut j).completed_indexes = None;
+        st(&mut j).succeeded = None;
+        st(&mut j).failed_indexes = Some("0".into());
+        let p = run(&j, &[pod("a", "Succeeded").index(0)]);
+        let s = status_after(&j, &p);
+        assert_eq!((s.completed_indexes, s.succeeded), (None, None));
+        assert_eq!(names(&p.remove_finalizers), vec!["a"]);
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::JobCondition;
 use k8s_openapi::api::core::v1::Pod;
 
-use super::classify::Classified;
+use super::classify::{Classified, count};
 use super::indexed::{self, Intervals};
 use super::pods::{self, pod_ref};
 use super::spec::Spec;
@@ -55,12 +55,13 @@ pub fn manage_pods<'a>(
             }
         ));
     }
-    let deleted_ready = deleted.iter().filter(|p| pods::is_ready(p)).count() as i32;
+    let deleted_ready = count(deleted.iter().filter(|p| pods::is_ready(p)).count());
     plan.delete = deleted.iter().map(|p| pod_ref(p)).collect();
+    let active = count(pods.active.len()).saturating_add(count(created));
     Managed {
-        active: pods.active.len() as i32 + created as i32 - deleted.len() as i32,
-        ready: pods.ready - deleted_ready,
-        terminating: pods.terminating + deleted.len() as i32,
+        active: active.saturating_sub(count(deleted.len())),
+        ready: pods.ready.saturating_sub(deleted_ready),
+        terminating: pods.terminating.saturating_add(count(deleted.len())),
         deleted,
     }
 }
@@ -95,13 +96,13 @@ fn remove_remaining<'a>(
 /// Deletes what is more than wanted, or else creates what is missing; returns the pods to
 /// delete and how many were created.
 fn scale<'a>(spec: &Spec<'_>, pods: &Classified<'a>, plan: &mut Plan) -> (Vec<&'a Pod>, usize) {
-    let active = pods.active.len() as i32;
+    let active = count(pods.active.len());
     let want_active = match spec.completions {
         None if pods.succeeded > 0 => active,
         None => spec.parallelism,
-        Some(c) => (c - pods.succeeded).clamp(0, spec.parallelism),
+        Some(c) => c.saturating_sub(pods.succeeded).clamp(0, spec.parallelism),
     };
-    let rm_at_least = (active - want_active).max(0) as usize;
+    let rm_at_least = usize::try_from(active.saturating_sub(want_active)).unwrap_or(0);
     let mut deleted = removal_candidates(spec, &pods.active, rm_at_least);
     deleted.truncate(MAX_POD_CREATE_DELETE_PER_SYNC);
     if !deleted.is_empty() {
@@ -112,11 +113,11 @@ fn scale<'a>(spec: &Spec<'_>, pods: &Classified<'a>, plan: &mut Plan) -> (Vec<&'
     } else {
         0
     };
-    let missing = want_active - held - active;
-    if missing <= 0 {
+    let missing = want_active.saturating_sub(held).saturating_sub(active);
+    let Ok(missing @ 1..) = usize::try_from(missing) else {
         return (deleted, 0);
-    }
-    let created = create_pods(spec, pods, missing as usize, plan);
+    };
+    let created = create_pods(spec, pods, missing, plan);
     (deleted, created)
 }
 

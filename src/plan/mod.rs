@@ -37,6 +37,8 @@ pub mod failure_policy;
 pub mod indexed;
 mod manage;
 pub mod pods;
+#[cfg(test)]
+mod properties;
 mod rule;
 mod spec;
 pub mod status;
@@ -196,7 +198,12 @@ pub fn plan(snapshot: &Snapshot<'_>) -> Plan {
     };
     let claimed = claim::claim(snapshot, &spec, &mut plan);
     let pods = classify::classify(&spec, claimed, &current);
-    plan.backoff = backoff::next_record(snapshot.backoff, &pods.new_succeeded, &pods.new_failed);
+    plan.backoff = backoff::next_record(
+        snapshot.backoff,
+        &pods.new_succeeded,
+        &pods.new_failed,
+        snapshot.now,
+    );
     let mut draft = Draft::new(&current, &spec);
     let verdict = verdict::decide(&spec, &pods, &draft, &mut plan);
     let managed = manage::manage_pods(&spec, &pods, verdict.as_ref(), &mut plan);

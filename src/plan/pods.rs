@@ -129,21 +129,35 @@ pub fn restart_count(pod: &Pod) -> i64 {
     })
 }
 
+/// A finish time further than this ahead of the controller's clock is a node clock that
+/// is off, not a pod about to finish: the longest pod failure backoff, so a skew the
+/// backoff could absorb still delays the next pod as upstream's would.
+pub const MAX_FINISH_TIME_AHEAD: SignedDuration = SignedDuration::from_secs(600);
+
 /// When a pod finished, for the pod failure backoff: its last container's finishedAt, else
 /// the Ready=False transition, else deletion time minus grace, else creation time.
-pub fn finish_time(pod: &Pod) -> Timestamp {
-    if let Some(t) = finish_time_from_containers(pod) {
+///
+/// The first two are written with the node's clock. One more than
+/// [`MAX_FINISH_TIME_AHEAD`] past `now` would hold the backoff until that day (a finishedAt
+/// in year 9999 forever), so the timestamps the apiserver wrote stand in for it. A grace
+/// period reaching before the earliest time there is (a deletionGracePeriodSeconds near the
+/// int64 limit) says nothing of when the deletion was asked for: creation time then.
+pub fn finish_time(pod: &Pod, now: Timestamp) -> Timestamp {
+    let latest_believable = now.saturating_add(MAX_FINISH_TIME_AHEAD).unwrap_or(now);
+    let reported = finish_time_from_containers(pod).or_else(|| {
+        ready_condition(pod)
+            .filter(|c| c.status == "False")
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map(|t| t.0)
+    });
+    if let Some(t) = reported.filter(|t| *t <= latest_believable) {
         return t;
-    }
-    if let Some(c) = ready_condition(pod)
-        && c.status == "False"
-        && let Some(t) = &c.last_transition_time
-    {
-        return t.0;
     }
     if let Some(deleted) = &pod.metadata.deletion_timestamp {
         let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(0);
-        return deleted.0 - SignedDuration::from_secs(grace);
+        if let Ok(requested) = deleted.0.checked_sub(SignedDuration::from_secs(grace)) {
+            return requested;
+        }
     }
     pod.metadata
         .creation_timestamp
@@ -290,4 +304,67 @@ pub fn selector_matches(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+    use crate::plan::testing::*;
+
+    #[test]
+    fn a_deletion_grace_period_near_the_int64_limit_leaves_the_creation_time() {
+        let mut p = pod("a", "Running").deleting().created(5);
+        p.0.metadata.deletion_grace_period_seconds = Some(i64::MAX);
+        assert_eq!(finish_time(&p.0, now()), t(5));
+        p.0.metadata.deletion_grace_period_seconds = Some(30);
+        assert_eq!(finish_time(&p.0, now()), t(870));
+    }
+
+    #[test]
+    fn a_finished_at_far_ahead_of_the_clock_is_not_believed() {
+        let ahead = |secs: i64| pod("a", "Failed").created(5).exit("main", 1, secs).0;
+        // A node clock a few seconds ahead: the backoff waits, as upstream's does.
+        assert_eq!(finish_time(&ahead(1005), now()), t(1005));
+        assert_eq!(finish_time(&ahead(1600), now()), t(1600));
+        // Beyond the longest backoff ahead: the apiserver's creation time stands in.
+        assert_eq!(finish_time(&ahead(1601), now()), t(5));
+        let mut year_9999 = ahead(0);
+        year_9999
+            .status
+            .as_mut()
+            .unwrap()
+            .container_statuses
+            .as_mut()
+            .unwrap()[0]
+            .state
+            .as_mut()
+            .unwrap()
+            .terminated
+            .as_mut()
+            .unwrap()
+            .finished_at = Some(Time(Timestamp::MAX));
+        assert_eq!(finish_time(&year_9999, now()), t(5));
+        // Far in the past is believed: the backoff from it is long over.
+        assert_eq!(
+            finish_time(&ahead(-1_700_000_000), now()),
+            t(-1_700_000_000)
+        );
+    }
+
+    #[test]
+    fn index_annotations_out_of_the_int32_range_count_as_none() {
+        for bogus in ["-1", "2147483648", "x", "", " 3", "+"] {
+            let p = pod("a", "Running").annotation(COMPLETION_INDEX, bogus);
+            assert_eq!(completion_index(&p.0), None, "{bogus:?}");
+            let p = pod("a", "Failed").annotation(INDEX_FAILURE_COUNT, bogus);
+            assert_eq!(index_failure_count(&p.0), 0, "{bogus:?}");
+        }
+        let p = pod("a", "Failed")
+            .annotation(INDEX_FAILURE_COUNT, "2147483647")
+            .annotation(INDEX_IGNORED_FAILURE_COUNT, "2147483647");
+        assert_eq!(index_absolute_failure_count(&p.0), i32::MAX);
+    }
 }

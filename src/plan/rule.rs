@@ -3,13 +3,11 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
-use k8s_openapi::jiff::SignedDuration;
-
 use super::conditions::Finish;
 use super::spec::Spec;
 use super::status::COMPLETE;
-use super::{Plan, backoff, to_duration};
+use super::{Plan, backoff, to_duration, verdict};
+use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
 
 pub fn sentence(spec: &Spec<'_>, status: &JobStatus, finish: &Finish, plan: &Plan) -> String {
     if let Some(c) = &finish.final_condition {
@@ -59,12 +57,13 @@ pub fn sentence(spec: &Spec<'_>, status: &JobStatus, finish: &Finish, plan: &Pla
     if let (Some(seconds), Some(start)) =
         (spec.job_spec.active_deadline_seconds, &status.start_time)
     {
-        let left =
-            to_duration(SignedDuration::from_secs(seconds) - spec.now.duration_since(start.0));
-        parts.push(format!(
-            "activeDeadlineSeconds {seconds}, {} s left",
-            seconds_up(left)
-        ));
+        parts.push(match verdict::deadline_left(seconds, start.0, spec.now) {
+            Some(left) => format!(
+                "activeDeadlineSeconds {seconds}, {} s left",
+                seconds_up(to_duration(left))
+            ),
+            None => format!("activeDeadlineSeconds {seconds}, beyond any date: no deadline"),
+        });
     }
     parts.join("; ")
 }

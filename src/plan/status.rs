@@ -162,8 +162,13 @@ pub fn next(
         && let Some(c) = &finish.final_condition
         && c.type_ == COMPLETE
     {
-        status.completion_time =
-            find(&conditions, COMPLETE).and_then(|c| c.last_transition_time.clone());
+        // Never before startTime (the apiserver rejects that): a startTime written by a
+        // clock ahead of ours moves it up.
+        let completed = find(&conditions, COMPLETE).and_then(|c| c.last_transition_time.clone());
+        status.completion_time = match (completed, &status.start_time) {
+            (Some(at), Some(start)) if at.0 < start.0 => Some(start.clone()),
+            (completed, _) => completed,
+        };
     }
     status.active = Some(managed.active);
     status.ready = Some(managed.ready);

@@ -37,16 +37,16 @@ pub fn matched(
 
 /// How many indexes of `required` are in `succeeded`.
 fn overlap(required: &Intervals, succeeded: &Intervals) -> i32 {
-    let mut count = 0;
+    let mut count: i64 = 0;
     for &(a, b) in &required.0 {
         for &(c, d) in &succeeded.0 {
-            let n = b.min(d) - a.max(c) + 1;
+            let n = i64::from(b.min(d)) - i64::from(a.max(c)) + 1;
             if n > 0 {
                 count += n;
             }
         }
     }
-    count
+    i32::try_from(count).unwrap_or(i32::MAX)
 }
 
 #[cfg(test)]

@@ -32,9 +32,9 @@ impl IndexFailureCounts {
             ignored: pods::index_ignored_failure_count(p),
         };
         if failure_policy::match_pod(policy, p).counts {
-            counts.failed += 1;
+            counts.failed = counts.failed.saturating_add(1);
         } else {
-            counts.ignored += 1;
+            counts.ignored = counts.ignored.saturating_add(1);
         }
         counts
     }
@@ -235,5 +235,20 @@ mod tests {
         );
         assert_eq!(env_of(&spec.init_containers.as_ref().unwrap()[0]).len(), 1);
         assert_eq!(env_of(&spec.containers[1])[0].value.as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn index_failure_counts_at_the_int32_limit_saturate() {
+        let p = pod("a", "Failed")
+            .index(0)
+            .annotation(pods::INDEX_FAILURE_COUNT, "2147483647")
+            .annotation(pods::INDEX_IGNORED_FAILURE_COUNT, "2147483647");
+        let counts = IndexFailureCounts::after(None, Some(&p.0));
+        assert_eq!((counts.failed, counts.ignored), (i32::MAX, i32::MAX));
+        let ignore = with_policy(job(Some(1), 1), vec![exit_rule("Ignore", "In", &[1], None)]);
+        let p = p.exit("main", 1, 50);
+        let policy = ignore.spec.as_ref().unwrap().pod_failure_policy.as_ref();
+        let counts = IndexFailureCounts::after(policy, Some(&p.0));
+        assert_eq!((counts.failed, counts.ignored), (i32::MAX, i32::MAX));
     }
 }

@@ -82,8 +82,8 @@ pub fn track(
         still_listed(pods.stored_succeeded, &with_finalizer);
     let (uncounted_failed, gone_failed) = still_listed(pods.stored_failed, &with_finalizer);
     let mut tracked = Tracked {
-        succeeded: pods.counted_succeeded + gone_succeeded,
-        failed: pods.counted_failed + gone_failed,
+        succeeded: pods.counted_succeeded.saturating_add(gone_succeeded),
+        failed: pods.counted_failed.saturating_add(gone_failed),
         uncounted_succeeded,
         uncounted_failed,
         completed_indexes: None,
@@ -185,8 +185,10 @@ impl Tracked {
         };
         if pods::is_succeeded(p) && !pods.stored_as_failed(p) {
             if spec.indexed {
+                // Not an index that failed before (`completed` leaves those out).
                 if let Some(ix) = spec.valid_index(p)
                     && !pods.indexes.previously_completed.has(ix)
+                    && pods.indexes.completed.has(ix)
                 {
                     self.new_completed_indexes.push(ix);
                     finished(outcome, "succeeded");
@@ -195,7 +197,11 @@ impl Tracked {
                 self.uncounted_succeeded.push(uid(p).to_string());
                 finished(outcome, "succeeded");
             }
-        } else if (spec.is_failed(p) || failing) && !pods.stored_as_failed(p) && spec.countable(p) {
+        } else if (spec.is_failed(p) || failing)
+            && !pods.stored_as_failed(p)
+            && !pods.stored_as_succeeded(p)
+            && spec.countable(p)
+        {
             let matched = failure_policy::match_pod(spec.pod_failure_policy, p);
             if let Some(action) = matched.action {
                 *outcome
@@ -371,5 +377,22 @@ mod tests {
         rm.sort();
         assert_eq!(rm, vec!["a", "b"]);
         assert_eq!(uncounted(&p.status.unwrap()).0, vec!["b-uid"]);
+    }
+
+    #[test]
+    fn a_pod_listed_as_succeeded_is_not_listed_again_as_failed() {
+        // Another writer's status lists a failed pod as succeeded: it stays where it is
+        // (a uid in both lists is rejected).
+        let mut j = running(job(Some(3), 1), 0);
+        st(&mut j).uncounted_terminated_pods = Some(UncountedTerminatedPods {
+            succeeded: Some(vec!["a-uid".into()]),
+            failed: None,
+        });
+        let p = run(&j, &[pod("a", "Failed")]);
+        assert_eq!(
+            uncounted(&status_after(&j, &p)),
+            (vec!["a-uid".into()], vec![])
+        );
+        assert_eq!(p.backoff.failures_after_last_success, 0);
     }
 }

@@ -118,13 +118,22 @@ fn active_deadline(spec: &Spec<'_>, start_time: Option<&Time>) -> Deadline {
     ) else {
         return Deadline::NotRunning;
     };
-    let allowed = SignedDuration::from_secs(seconds);
-    let elapsed = spec.now.duration_since(start.0);
-    if elapsed >= allowed {
+    let Some(left) = deadline_left(seconds, start.0, spec.now) else {
+        return Deadline::NotRunning;
+    };
+    if left.is_zero() || left.is_negative() {
         Deadline::Passed(failure_target(REASON_DEADLINE, MESSAGE_DEADLINE, spec.now))
     } else {
-        Deadline::In(to_duration(allowed - elapsed))
+        Deadline::In(to_duration(left))
     }
+}
+
+/// Time left before activeDeadlineSeconds from `start` runs out (negative once past).
+/// `None` when the deadline falls after the last time there is (year 9999: an
+/// activeDeadlineSeconds near the int64 limit): a deadline never reached is no deadline.
+pub fn deadline_left(seconds: i64, start: Timestamp, now: Timestamp) -> Option<SignedDuration> {
+    let deadline = start.checked_add(SignedDuration::from_secs(seconds)).ok()?;
+    Some(deadline.duration_since(now))
 }
 
 fn success_policy_met(
@@ -277,5 +286,40 @@ mod tests {
         spec(&mut j).suspend = Some(true);
         let p = run(&j, &[]);
         assert!(!has_cond(&status_after(&j, &p), FAILURE_TARGET));
+    }
+
+    #[test]
+    fn an_active_deadline_beyond_any_date_is_no_deadline() {
+        // startTime ahead of the clock (another writer's clock) and activeDeadlineSeconds at
+        // its limit: the deadline lies after year 9999.
+        let mut j = running(job(Some(2), 1), 1);
+        spec(&mut j).active_deadline_seconds = Some(i64::MAX);
+        st(&mut j).start_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(
+            5000,
+        )));
+        let p = run(&j, &[pod("a", "Running")]);
+        assert!(p.status.is_none(), "{:?}", p.status);
+        assert_eq!(p.requeue_after, None);
+        assert!(
+            p.outcome.rule.ends_with("no deadline"),
+            "{}",
+            p.outcome.rule
+        );
+        // A deadline within reach still counts down from startTime.
+        spec(&mut j).active_deadline_seconds = Some(4001);
+        let p = run(&j, &[pod("a", "Running")]);
+        assert_eq!(p.requeue_after, Some(Duration::from_secs(4001 + 4000)));
+        // Reached: the FailureTarget.
+        st(&mut j).start_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(
+            -3001,
+        )));
+        let s = run(&j, &[pod("a", "Running")]).status.unwrap();
+        assert_eq!(
+            find(conditions(&s), FAILURE_TARGET)
+                .unwrap()
+                .reason
+                .as_deref(),
+            Some(REASON_DEADLINE)
+        );
     }
 }
