@@ -4,6 +4,9 @@
 # saved in DIR/cmd, then waits until it serves again. The chaos run uses it.
 #
 #   tests/cluster/restart.sh DIR etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kwok
+#
+# RESTART_TIMEOUT=300   seconds to wait for it to serve again (a loaded apiserver with
+#                       thousands of objects takes minutes to turn ready on 2 cores)
 set -euo pipefail
 dir=$(cd "${1:?usage: restart.sh DIR COMPONENT}" && pwd)
 name=${2:?usage: restart.sh DIR COMPONENT}
@@ -35,10 +38,11 @@ serving() {
     *) kill -0 "$(cat "$dir/pids/$name")" ;;
   esac
 }
-until=$((SECONDS + 120))
+timeout=${RESTART_TIMEOUT:-300}
+until=$((SECONDS + timeout))
 until serving >/dev/null 2>&1; do
   if [ $SECONDS -ge $until ]; then
-    say "$name did not come back in 120 s; last log lines:"
+    say "$name did not come back in $timeout s; last log lines:"
     tail -n 30 "$dir/logs/$name.log" >&2 || true
     exit 1
   fi
