@@ -145,6 +145,7 @@ async fn watch_pods(api: Api<Pod>, state: Arc<Mutex<Observed>>) {
                 if let Some(seen) = o.relist.take() {
                     o.current.retain(|uid| seen.contains(uid));
                 }
+                o.check_all_crowding();
             }
         }
     }
@@ -185,7 +186,9 @@ impl Observed {
         seen.running = phase == "Running";
         let job = seen.job.clone();
         self.current.insert(uid);
-        if !job.is_empty() {
+        // While a relist runs, `current` mixes pods gone meanwhile with new ones; the
+        // check waits for InitDone.
+        if !job.is_empty() && self.relist.is_none() {
             self.check_crowding(&job);
         }
     }
@@ -197,6 +200,19 @@ impl Observed {
                 seen.live = false;
                 seen.running = false;
             }
+        }
+    }
+
+    fn check_all_crowding(&mut self) {
+        let jobs: HashSet<String> = self
+            .current
+            .iter()
+            .filter_map(|uid| self.pods.get(uid))
+            .filter(|p| p.live && !p.job.is_empty())
+            .map(|p| p.job.clone())
+            .collect();
+        for job in jobs {
+            self.check_crowding(&job);
         }
     }
 
