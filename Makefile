@@ -6,7 +6,7 @@ KUBECTL = $$(tests/cluster/build.sh)/kubectl --kubeconfig $(KUBECONFIG_ADMIN)
 IMAGE ?= jobkeeper:dev
 
 .PHONY: all build release test unit lint integration run run-local cluster-up cluster-down \
-        control-plane node image image-load bench docker-build docker-lint manifests deploy \
+        control-plane node image image-load bench chaos docker-build docker-lint manifests deploy \
         undeploy clean
 
 all: build
@@ -77,6 +77,14 @@ bench: control-plane
 	cargo build --release --bin jobkeeper --bin jobkeeper-bench
 	$${CARGO_TARGET_DIR:-target}/release/jobkeeper-bench $(BENCH_ARGS)
 
+## Mixed Jobs while jobkeeper is SIGKILLed every ~10 s, kube-apiserver and etcd restart and a
+## second writer causes 409s; every final status against the built-in controller's twin,
+## and no over-count, duplicate pod, leaked finalizer, 422 or changed user field.
+## Report in chaos/results/<date>/. Quick run: make chaos CHAOS_ARGS="--jobs 50 --kills 5"
+chaos: control-plane
+	cargo build --release --bin jobkeeper --bin jobkeeper-chaos
+	$${CARGO_TARGET_DIR:-target}/release/jobkeeper-chaos --mode all $(CHAOS_ARGS)
+
 ## jobkeeper's image without a Docker engine: a static binary and the config in
 ## tests/cluster/images/jobkeeper.spec (the Dockerfile's final stage; tests/deploy.rs keeps
 ## them equal), as an OCI archive. `make image-load` imports it into the real node of
@@ -111,4 +119,5 @@ undeploy:
 clean:
 	cargo clean
 	tests/cluster/down.sh $(CLUSTER_DIR); rm -rf $(CLUSTER_DIR)
+	for d in .chaos-cluster/*; do [ -d "$$d" ] && tests/cluster/down.sh "$$d"; done; rm -rf .chaos-cluster
 	for d in .bench-cluster-*; do [ -d "$$d" ] && tests/cluster/down.sh "$$d"; rm -rf "$$d"; done

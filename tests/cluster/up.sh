@@ -162,8 +162,12 @@ kubeconfig "$dir/kwok.kubeconfig" kwok
 kubeconfig "$dir/jobkeeper.kubeconfig" system:serviceaccount:jobkeeper-system:jobkeeper
 kubeconfig "$dir/ceiling.kubeconfig" system:serviceaccount:jobkeeper-system:jobkeeper-bench-ceiling
 
+# Each component's command line goes to DIR/cmd/NAME (shell-quoted), so restart.sh can
+# start it again exactly as it was.
 start() { # name args...
   local name=$1; shift
+  mkdir -p "$dir/cmd"
+  printf '%q ' "$@" >"$dir/cmd/$name"
   setsid "$@" >"$dir/logs/$name.log" 2>&1 </dev/null &
   echo $! >"$dir/pids/$name"
 }
