@@ -29,8 +29,38 @@ struct JobExpectations {
     deleted: HashMap<String, Instant>,
     /// Pods whose tracking finalizer we removed, until the cache shows it gone.
     finalizer_removed: HashMap<String, Instant>,
-    /// The Job as our last status write returned it, with the resourceVersion it replaced.
-    written: Option<(String, Arc<Job>)>,
+    /// The Job as our last status write returned it, and every version it supersedes.
+    written: Option<Written>,
+}
+
+/// Our latest status write and the Job versions older than it that the cache may still
+/// show: the versions our writes replaced and the versions they returned before it.
+struct Written {
+    job: Arc<Job>,
+    superseded: HashSet<String>,
+}
+
+impl Written {
+    fn version(&self) -> Option<&str> {
+        self.job.metadata.resource_version.as_deref()
+    }
+
+    /// Whether a cached Job at `version` is older than our write. Versions are opaque in
+    /// the API's contract, so those our own writes superseded are known to be older; an
+    /// etcd-backed apiserver also hands out increasing integers, which tells of an older
+    /// version we never saw (one from before a fresh read after a 409).
+    fn is_newer_than(&self, version: Option<&str>) -> bool {
+        let Some(version) = version else {
+            return true;
+        };
+        if self.superseded.contains(version) {
+            return true;
+        }
+        match (self.version().map(str::parse::<u64>), version.parse::<u64>()) {
+            (Some(Ok(ours)), Ok(cached)) => cached < ours,
+            _ => false,
+        }
+    }
 }
 
 /// Per-Job expectations, keyed by Job UID.
@@ -68,13 +98,12 @@ impl Expectations {
         let now = Instant::now();
         let fresh = |since: &Instant| now.duration_since(*since) < EXPECTATION_TTL;
 
-        // A cached Job still at the resourceVersion our write replaced is older than what
-        // we wrote; any other version is newer (or someone else's), so trust the cache.
+        // A cached Job older than our last write (several writes may be in flight to the
+        // watch) shows less than we know; the same version or a newer one (someone else's
+        // write) is the truth, so trust the cache.
         let job = match &exp.written {
-            Some((replaced, written))
-                if job.metadata.resource_version.as_ref() == Some(replaced) =>
-            {
-                written.clone()
+            Some(written) if written.is_newer_than(job.metadata.resource_version.as_deref()) => {
+                written.job.clone()
             }
             _ => {
                 exp.written = None;
@@ -159,10 +188,19 @@ impl Expectations {
         });
     }
 
-    /// Records the Job our status write returned, replacing `replaced_version`.
+    /// Records the Job our status write returned, replacing `replaced_version`. Versions an
+    /// earlier write replaced or returned stay superseded until the cache catches up.
     pub fn status_written(&self, replaced_version: String, job: Arc<Job>) {
         let uid = job.metadata.uid.clone().unwrap_or_default();
-        self.with(&uid, |e| e.written = Some((replaced_version, job)));
+        self.with(&uid, |e| {
+            let mut superseded = HashSet::new();
+            if let Some(earlier) = e.written.take() {
+                superseded.extend(earlier.version().map(str::to_string));
+                superseded.extend(earlier.superseded);
+            }
+            superseded.insert(replaced_version);
+            e.written = Some(Written { job, superseded });
+        });
     }
 
     /// Forgets a Job entirely (it was deleted).
@@ -263,5 +301,45 @@ mod tests {
         assert_eq!(v.job.metadata.resource_version.as_deref(), Some("2"));
         let v = e.view(job("j", "3"), vec![], &[]);
         assert_eq!(v.job.metadata.resource_version.as_deref(), Some("3"));
+    }
+
+    /// Two writes in a row (e.g. SuccessCriteriaMet, then Complete) while the cache still
+    /// shows the Job from before the first: that Job is older than both. Trusting it planned
+    /// pods for a finished Job (found by the chaos run).
+    #[test]
+    fn a_cache_two_writes_behind_is_still_stale() {
+        let e = Expectations::default();
+        e.status_written("1".into(), job("j", "2"));
+        e.status_written("2".into(), job("j", "3"));
+        for cached in ["1", "2"] {
+            let v = e.view(job("j", cached), vec![], &[]);
+            assert_eq!(v.job.metadata.resource_version.as_deref(), Some("3"));
+        }
+        let v = e.view(job("j", "3"), vec![], &[]);
+        assert_eq!(v.job.metadata.resource_version.as_deref(), Some("3"));
+        assert!(e.inner.lock().unwrap().is_empty(), "caught up: nothing kept");
+    }
+
+    /// After a 409 the Job is read afresh, which can be newer than the cache: a version
+    /// the write never replaced but older by the apiserver's counter is still stale.
+    #[test]
+    fn a_cache_behind_a_fresh_read_is_stale() {
+        let e = Expectations::default();
+        e.status_written("7".into(), job("j", "8"));
+        let v = e.view(job("j", "5"), vec![], &[]);
+        assert_eq!(v.job.metadata.resource_version.as_deref(), Some("8"));
+        let v = e.view(job("j", "9"), vec![], &[]);
+        assert_eq!(v.job.metadata.resource_version.as_deref(), Some("9"));
+    }
+
+    /// Versions that are not numbers are compared only with those our writes replaced.
+    #[test]
+    fn opaque_versions_trust_the_cache_unless_superseded() {
+        let e = Expectations::default();
+        e.status_written("a".into(), job("j", "b"));
+        let v = e.view(job("j", "a"), vec![], &[]);
+        assert_eq!(v.job.metadata.resource_version.as_deref(), Some("b"));
+        let v = e.view(job("j", "z"), vec![], &[]);
+        assert_eq!(v.job.metadata.resource_version.as_deref(), Some("z"));
     }
 }
