@@ -52,7 +52,9 @@ integration: control-plane node image
 	@status=0; JOBKEEPER_TEST_CLUSTER=$(TEST_CLUSTER) JOBKEEPER_TEST_REAL_CLUSTER=$(TEST_REAL_CLUSTER) \
 	  JOBKEEPER_IMAGE_ARCHIVE=$(IMAGE_ARCHIVE) cargo test --no-fail-fast --test '*' -- --test-threads=4 || status=$$?; \
 	  if [ -z "$(KEEP_CLUSTER)" ]; then tests/cluster/down.sh $(TEST_CLUSTER); \
-	    tests/cluster/down.sh $(TEST_REAL_CLUSTER); fi; exit $$status
+	    tests/cluster/down.sh $(TEST_REAL_CLUSTER); \
+	    for d in $(CURDIR)/target/test-cluster-*; do [ -d "$$d" ] && tests/cluster/down.sh "$$d"; done; \
+	  fi; exit $$status
 
 test: lint unit integration
 

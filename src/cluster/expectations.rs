@@ -56,7 +56,10 @@ impl Written {
         if self.superseded.contains(version) {
             return true;
         }
-        match (self.version().map(str::parse::<u64>), version.parse::<u64>()) {
+        match (
+            self.version().map(str::parse::<u64>),
+            version.parse::<u64>(),
+        ) {
             (Some(Ok(ours)), Ok(cached)) => cached < ours,
             _ => false,
         }
@@ -317,7 +320,10 @@ mod tests {
         }
         let v = e.view(job("j", "3"), vec![], &[]);
         assert_eq!(v.job.metadata.resource_version.as_deref(), Some("3"));
-        assert!(e.inner.lock().unwrap().is_empty(), "caught up: nothing kept");
+        assert!(
+            e.inner.lock().unwrap().is_empty(),
+            "caught up: nothing kept"
+        );
     }
 
     /// After a 409 the Job is read afresh, which can be newer than the cache: a version

@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::SelectorExt;
@@ -180,12 +183,21 @@ async fn why_no_job_counts(
 }
 
 /// Removes the tracking finalizer from the pods of our deleted Jobs: nothing else will
-/// count them any more, and the finalizer would keep them forever.
+/// count them any more, and the finalizer would keep them forever. The removals run (and
+/// retry) inside this task, so they stop with the controller when leadership is lost.
 async fn release_pods_of_deleted_jobs(
     ctx: Arc<Context>,
     mut deleted: mpsc::UnboundedReceiver<Arc<Job>>,
 ) {
-    while let Some(job) = deleted.recv().await {
+    let mut removals = FuturesUnordered::new();
+    loop {
+        let job = tokio::select! {
+            job = deleted.recv() => match job {
+                Some(job) => job,
+                None => return,
+            },
+            Some(()) = removals.next(), if !removals.is_empty() => continue,
+        };
         let uid = job.uid().unwrap_or_default();
         let ns = job.namespace().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -197,18 +209,14 @@ async fn release_pods_of_deleted_jobs(
                 .filter(|p| controller_of(p).is_some_and(|o| o.uid == uid)),
         );
         ctx.selector_watches.stop(&uid);
-        let holding: Vec<_> = owned.iter().filter(|p| has_tracking_finalizer(p)).collect();
-        for pod in &holding {
-            if let Err(e) = execute::remove_finalizer(&api, &pod.name_any()).await
-                && execute::code_of(&e) != Some(404)
-            {
-                warn!(pod = %format!("{ns}/{}", pod.name_any()), error = %e,
-                    "could not remove the tracking finalizer of a deleted Job's pod");
-            }
-        }
+        let holding: Vec<String> = owned
+            .iter()
+            .filter(|p| has_tracking_finalizer(p))
+            .map(|p| p.name_any())
+            .collect();
         if !holding.is_empty() {
-            info!(job = %format!("{ns}/{}", job.name_any()), pods = holding.len(),
-                "Job deleted; removed tracking finalizers from its pods");
+            let job = format!("{ns}/{}", job.name_any());
+            removals.push(remove_finalizers_until_done(api, job, holding));
         }
         ctx.expectations.forget(&uid);
         ctx.batcher.forget(&uid);
@@ -216,6 +224,41 @@ async fn release_pods_of_deleted_jobs(
         ctx.errors.lock().expect("errors lock").remove(&uid);
         ctx.not_before.lock().expect("pacing lock").remove(&uid);
     }
+}
+
+/// Retries a failed removal this long at most (1 s doubling to 32 s between tries): an
+/// apiserver restart takes seconds to minutes. What is still left then is the sweep's.
+const DELETED_JOB_RETRIES: u32 = 8;
+
+/// Takes the tracking finalizer off a deleted Job's pods, retrying the failures with
+/// backoff: nothing else may ever look at those pods again (with `--all-jobs` no other
+/// controller does), so one failed request during an outage must not leak them.
+async fn remove_finalizers_until_done(api: Api<Pod>, job: String, mut pods: Vec<String>) {
+    let total = pods.len();
+    let mut pause = Duration::from_secs(1);
+    for attempt in 1..=DELETED_JOB_RETRIES {
+        let mut failed = Vec::new();
+        for pod in pods {
+            match execute::remove_finalizer(&api, &pod).await {
+                Ok(()) => {}
+                Err(e) if execute::code_of(&e) == Some(404) => {}
+                Err(e) => {
+                    warn!(job = %job, pod = %pod, attempt, error = %e,
+                        "could not remove the tracking finalizer of a deleted Job's pod; retrying");
+                    failed.push(pod);
+                }
+            }
+        }
+        if failed.is_empty() {
+            info!(job = %job, pods = total, "Job deleted; removed tracking finalizers from its pods");
+            return;
+        }
+        pods = failed;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(32));
+    }
+    warn!(job = %job, pods = ?pods,
+        "gave up removing the tracking finalizer of a deleted Job's pods; the next sweep will");
 }
 
 /// A pod whose labels stop matching our watch's selector leaves the cache as if deleted.
