@@ -140,35 +140,62 @@ impl Executor<'_> {
             .take()
             .and_then(|next| take_back_missed_writes(job, next, &deleted, &created));
         let pod_write_error = deleted.error.or(created.error);
-        let applied = |step| Applied {
-            step,
-            pod_write_error,
-        };
-        if let Some(step) = self.adopt_and_release(job, &pods_api, &plan).await? {
-            return Ok(applied(step));
+        let made = (created.made, deleted.made);
+        let rest = self
+            .write_the_rest(job, &job_ref, &pods_api, plan, made)
+            .await;
+        match (rest, pod_write_error) {
+            (Ok(step), pod_write_error) => Ok(Applied {
+                step,
+                pod_write_error,
+            }),
+            (Err(later), None) => Err(later),
+            // The first failure is the one to report (a refused create is why the Job
+            // is stuck); a later one (often the same refusal for the status) only logged.
+            (Err(later), Some(first)) => {
+                warn!(job = %format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any()),
+                    error = %later, "after a failed pod write, the rest of the sync failed too");
+                Err(first)
+            }
+        }
+    }
+
+    /// Adoption and release, the status write, the finalizer removals and the report: the
+    /// part of [`Self::apply`] after the pod writes (`made`: the creates and deletes made).
+    async fn write_the_rest(
+        &self,
+        job: &Arc<Job>,
+        job_ref: &ObjectReference,
+        pods_api: &Api<Pod>,
+        mut plan: Plan,
+        (created, deleted): (usize, usize),
+    ) -> Result<Step, ExecuteError> {
+        let job_uid = job.uid().unwrap_or_default();
+        if let Some(step) = self.adopt_and_release(job, pods_api, &plan).await? {
+            return Ok(step);
         }
         let status_written = match self.write_status(job, plan.status.take()).await? {
             ControlFlow::Continue(written) => written,
-            ControlFlow::Break(step) => return Ok(applied(step)),
+            ControlFlow::Break(step) => return Ok(step),
         };
         // Reached only when the status write (if any) succeeded: the uncounted lists now
         // hold every pod whose finalizer goes here.
         let finalizers_removed = self
-            .remove_finalizers(&pods_api, &job_uid, &plan.remove_finalizers)
+            .remove_finalizers(pods_api, &job_uid, &plan.remove_finalizers)
             .await?;
         let done = Done {
-            created: created.made,
-            deleted: deleted.made,
+            created,
+            deleted,
             finalizers_removed,
             status_written,
         };
-        self.report(job, &job_ref, plan, &done);
+        self.report(job, job_ref, plan, &done);
         // After finalizers went, the next plan moves those pods from the uncounted lists
         // into the counters; do it now rather than wait for the watch.
         if done.finalizers_removed > 0 || done.deleted > 0 {
-            Ok(applied(Step::Again))
+            Ok(Step::Again)
         } else {
-            Ok(applied(Step::Settled))
+            Ok(Step::Settled)
         }
     }
 

@@ -205,11 +205,13 @@ async fn wait_event(env: &TestEnv, job: &str, reason: &str, note: &str) -> Event
     .await
 }
 
-/// Waits until the log has a line containing every one of `parts`.
+/// Waits until the log has a line containing every one of `parts`. As long as the other
+/// waits here: under `--kube-api-qps 5` a deleted Job's finalizer removals queue behind the
+/// creates of the sync that was running and the sweep's own requests.
 async fn wait_log(controller: &Controller, parts: &[&str]) {
     wait_for(
         &format!("a log line with {parts:?}"),
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || async {
             controller
                 .log_text()
