@@ -142,3 +142,377 @@ async fn an_active_deadline_near_the_int64_limit_with_a_start_time_ahead() {
     assert!(!log.contains("panicked"), "{log}");
     env.assert_no_rejected_status().await;
 }
+
+/// Fails `pod` with its container's finishedAt (and the Ready=False transition, both
+/// written with the node's clock) at `finished_at`. The patch goes out as raw JSON and its
+/// answer is read as JSON: a time past 9999-12-30T22:00Z is valid to the apiserver but not
+/// to the typed client.
+async fn fail_finished_at(env: &TestEnv, pod: &Pod, finished_at: &str) {
+    let status = json!({"status": {
+        "phase": "Failed",
+        "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted",
+                        "lastTransitionTime": finished_at}],
+        "containerStatuses": [{
+            "name": "main", "image": "registry.k8s.io/e2e-test-images/agnhost:2.53",
+            "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 1, "reason": "Error",
+                                     "startedAt": finished_at, "finishedAt": finished_at}},
+        }],
+    }});
+    let url = format!(
+        "/api/v1/namespaces/{}/pods/{}/status",
+        env.ns,
+        pod.name_any()
+    );
+    let request = http::Request::patch(url)
+        .header("Content-Type", "application/merge-patch+json")
+        .body(serde_json::to_vec(&status).expect("status json"))
+        .expect("status patch request");
+    let _: serde_json::Value = env
+        .client
+        .request(request)
+        .await
+        .expect("failing the pod with a skewed finishedAt");
+}
+
+/// A failed pod's finishedAt from a node clock far off (December 9999, then 1970), with
+/// backoff left: the pod failure backoff does not wait for year 9999 (a finish time more
+/// than 10 minutes ahead is clock skew; the pod's creation stands in), and a finish long
+/// past needs no wait. Each failure is counted and replaced.
+#[tokio::test]
+async fn a_failed_pod_finished_in_year_9999_or_1970() {
+    let env = TestEnv::new("skewed-finish").await;
+    let mut job = driven_job("skewed-finish", Some(MANAGED_BY));
+    job.spec.as_mut().unwrap().backoff_limit = Some(4);
+    env.create_job(&job).await;
+    let first = env.wait_active("skewed-finish", 1).await;
+    fail_finished_at(&env, &first[0], "9999-12-30T00:00:00Z").await;
+    let status = env
+        .wait_status("skewed-finish", "the year-9999 failure replaced", |s| {
+            s.failed == Some(1) && s.active == Some(1)
+        })
+        .await;
+    assert!(!has_condition(&status, "Failed"));
+    let second = env.wait_active("skewed-finish", 1).await;
+    assert_ne!(second[0].name_any(), first[0].name_any());
+    fail_finished_at(&env, &second[0], "1970-01-02T00:00:00Z").await;
+    env.wait_status("skewed-finish", "the 1970 failure replaced", |s| {
+        s.failed == Some(2) && s.active == Some(1)
+    })
+    .await;
+    let before = syncs(&env).await;
+    assert_alive(&env).await;
+    healthy_job_completes(&env).await;
+    let third = env.wait_active("skewed-finish", 1).await;
+    env.succeed(&third[0]).await;
+    let status = env.wait_condition("skewed-finish", "Complete").await;
+    assert_eq!((status.succeeded, status.failed), (Some(1), Some(2)));
+    assert_alive(&env).await;
+    assert!(syncs(&env).await - before < 50.0);
+    let log = env.controller().log_text();
+    assert!(
+        log.contains("creating 1 pod"),
+        "the replacements are logged"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    env.assert_no_rejected_status().await;
+}
+
+/// A pod of the Job (its labels and controller reference) with the completion index
+/// annotation `index`, as another client or an older controller might leave one.
+async fn create_indexed_stray(env: &TestEnv, job: &str, index: &str) -> Pod {
+    let job = env.job(job).await;
+    let spec = job.spec.as_ref().expect("a Job spec");
+    let template = spec.template.metadata.clone().unwrap_or_default();
+    let owner = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "batch/v1".into(),
+        kind: "Job".into(),
+        name: job.name_any(),
+        uid: job.uid().expect("the Job's uid"),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let mut annotations = template.annotations.unwrap_or_default();
+    annotations.insert(
+        "batch.kubernetes.io/job-completion-index".into(),
+        index.into(),
+    );
+    let pod = Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-stray-", job.name_any())),
+            labels: template.labels,
+            annotations: Some(annotations),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: spec.template.spec.clone(),
+        ..Default::default()
+    };
+    env.pods()
+        .create(&Default::default(), &pod)
+        .await
+        .expect("creating a stray pod")
+}
+
+/// Pods of an Indexed Job whose completion index is "-1", "abc" or at least `completions`:
+/// no index of the Job, so they are deleted like extra pods and never counted, and the
+/// Job completes with exactly its completions.
+#[tokio::test]
+async fn pods_with_bogus_or_out_of_range_completion_indexes() {
+    let env = TestEnv::new("bogus-index").await;
+    let mut job = driven_job("bogus-index", Some(MANAGED_BY));
+    let spec = job.spec.as_mut().unwrap();
+    spec.completion_mode = Some("Indexed".into());
+    spec.completions = Some(3);
+    spec.parallelism = Some(3);
+    env.create_job(&job).await;
+    env.wait_active("bogus-index", 3).await;
+    let mut strays = Vec::new();
+    for index in ["-1", "abc", "99", "3"] {
+        strays.push(
+            create_indexed_stray(&env, "bogus-index", index)
+                .await
+                .name_any(),
+        );
+    }
+    wait_for(
+        "the stray pods deleted",
+        Duration::from_secs(30),
+        || async {
+            let names: Vec<String> = env
+                .active_pods("bogus-index")
+                .await
+                .iter()
+                .map(|p| p.name_any())
+                .collect();
+            strays.iter().all(|s| !names.contains(s)).then_some(())
+        },
+    )
+    .await;
+    let before = syncs(&env).await;
+    let pods = env.wait_active("bogus-index", 3).await;
+    let indexes: Vec<Option<u32>> = pods.iter().map(index_of).collect();
+    assert_eq!(indexes, [Some(0), Some(1), Some(2)]);
+    for pod in &pods {
+        env.succeed(pod).await;
+    }
+    let status = env.wait_condition("bogus-index", "Complete").await;
+    assert_eq!(status.succeeded, Some(3));
+    assert_eq!(
+        status.failed.unwrap_or(0),
+        0,
+        "the strays are never counted"
+    );
+    assert_eq!(status.completed_indexes.as_deref(), Some("0-2"));
+    assert_alive(&env).await;
+    healthy_job_completes(&env).await;
+    assert!(syncs(&env).await - before < 50.0);
+    let log = env.controller().log_text();
+    assert!(log.contains("more than wanted"), "the deletions are logged");
+    assert!(!log.contains("panicked"), "{log}");
+    env.assert_no_rejected_status().await;
+}
+
+/// completions 1,000,000,000 in Indexed mode, 3 at a time: the pending indexes are the
+/// next ones after those done, the status stays a few intervals long.
+#[tokio::test]
+async fn an_indexed_job_of_a_billion_completions() {
+    let env = TestEnv::new("billion").await;
+    let mut job = driven_job("billion", Some(MANAGED_BY));
+    let spec = job.spec.as_mut().unwrap();
+    spec.completion_mode = Some("Indexed".into());
+    spec.completions = Some(1_000_000_000);
+    spec.parallelism = Some(3);
+    env.create_job(&job).await;
+    let pods = env.wait_active("billion", 3).await;
+    let indexes: Vec<Option<u32>> = pods.iter().map(index_of).collect();
+    assert_eq!(indexes, [Some(0), Some(1), Some(2)]);
+    for pod in &pods {
+        env.succeed(pod).await;
+    }
+    let status = env
+        .wait_status("billion", "indexes 0-2 done, three more running", |s| {
+            s.succeeded == Some(3)
+                && s.completed_indexes.as_deref() == Some("0-2")
+                && s.active == Some(3)
+        })
+        .await;
+    assert!(!has_condition(&status, "Complete"));
+    let size = serde_json::to_string(&status).expect("status json").len();
+    assert!(size < 2_000, "a status of {size} bytes: {status:?}");
+    let next = env.wait_active("billion", 3).await;
+    let indexes: Vec<Option<u32>> = next.iter().map(index_of).collect();
+    assert_eq!(indexes, [Some(3), Some(4), Some(5)]);
+    let before = syncs(&env).await;
+    assert_alive(&env).await;
+    healthy_job_completes(&env).await;
+    assert!(syncs(&env).await - before < 50.0);
+    let log = env.controller().log_text();
+    assert!(
+        log.contains("for indexes 0-2"),
+        "the first indexes are logged"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    env.assert_no_rejected_status().await;
+}
+
+/// A pod template of about 100 KB (a 100,000-character annotation): pods are created
+/// with it whole, counted, and the Job completes.
+#[tokio::test]
+async fn a_pod_template_of_100_kb() {
+    let env = TestEnv::new("big-template").await;
+    let mut job = driven_job("big-template", Some(MANAGED_BY));
+    let spec = job.spec.as_mut().unwrap();
+    spec.completions = Some(2);
+    spec.parallelism = Some(2);
+    let big = "x".repeat(100_000);
+    spec.template.metadata.as_mut().unwrap().annotations = Some(std::collections::BTreeMap::from(
+        [("example.com/big".to_string(), big.clone())],
+    ));
+    env.create_job(&job).await;
+    let pods = env.wait_active("big-template", 2).await;
+    for pod in &pods {
+        assert_eq!(pod.annotations().get("example.com/big"), Some(&big));
+    }
+    let before = syncs(&env).await;
+    for pod in &pods {
+        env.succeed(pod).await;
+    }
+    let status = env.wait_condition("big-template", "Complete").await;
+    assert_eq!(status.succeeded, Some(2));
+    assert_alive(&env).await;
+    healthy_job_completes(&env).await;
+    assert!(syncs(&env).await - before < 50.0);
+    let log = env.controller().log_text();
+    assert!(log.contains("creating 2 pods"), "the creation is logged");
+    assert!(!log.contains("panicked"), "{log}");
+    env.assert_no_rejected_status().await;
+}
+
+/// activeDeadlineSeconds 1: the Job fails with DeadlineExceeded, its pods are deleted and
+/// counted as the built-in controller counts them (a twin Job beside it).
+#[tokio::test]
+async fn an_active_deadline_of_one_second() {
+    use crate::support::twins::Twins;
+    let env = TestEnv::new("deadline-1s").await;
+    let twins = Twins::create(&env, "deadline-1s", |job| {
+        let spec = job.spec.as_mut().unwrap();
+        spec.active_deadline_seconds = Some(1);
+        spec.parallelism = Some(2);
+        spec.completions = Some(4);
+    })
+    .await;
+    let before = syncs(&env).await;
+    let ours = twins.assert_same_end("Failed").await;
+    assert_eq!(
+        condition_reason(&ours, "Failed").as_deref(),
+        Some("DeadlineExceeded")
+    );
+    for name in &twins.names {
+        wait_for("the pods removed", Duration::from_secs(30), || async {
+            env.active_pods(name).await.is_empty().then_some(())
+        })
+        .await;
+    }
+    assert_alive(&env).await;
+    healthy_job_completes(&env).await;
+    assert!(syncs(&env).await - before < 50.0);
+    let log = env.controller().log_text();
+    assert!(log.contains("DeadlineExceeded"), "the verdict is logged");
+    assert!(!log.contains("panicked"), "{log}");
+    env.assert_no_rejected_status().await;
+}
+
+/// parallelism 100,000: pods are created in bursts of at most 500 per sync, status.active
+/// counts the pods there are, and scaling down to 0 deletes them all.
+#[tokio::test]
+async fn a_parallelism_of_100_000() {
+    let env = TestEnv::new("wide").await;
+    let mut job = driven_job("wide", Some(MANAGED_BY));
+    job.spec.as_mut().unwrap().parallelism = Some(100_000);
+    env.create_job(&job).await;
+    let n = wait_for(
+        "the first burst of pods",
+        Duration::from_secs(60),
+        || async {
+            let n = env.pods_of("wide").await.len();
+            (n >= 500).then_some(n)
+        },
+    )
+    .await;
+    // A sync finished so far, plus at most one under way, each creating at most 500.
+    let syncs_so_far = syncs(&env).await;
+    assert!(
+        n as f64 <= 500.0 * (syncs_so_far + 1.0),
+        "{n} pods after {syncs_so_far} syncs"
+    );
+    let bursts = creation_bursts(&env.controller().log_text());
+    assert!(
+        !bursts.is_empty() && bursts.iter().all(|&b| b <= 500),
+        "{bursts:?}"
+    );
+    env.jobs()
+        .patch(
+            "wide",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"parallelism": 0}})),
+        )
+        .await
+        .expect("scaling the Job down to 0");
+    wait_for("the pods deleted", Duration::from_secs(120), || async {
+        env.pods_of("wide").await.is_empty().then_some(())
+    })
+    .await;
+    let status = env
+        .wait_status("wide", "no pod active", |s| s.active.unwrap_or(0) == 0)
+        .await;
+    assert_eq!(
+        status.failed.unwrap_or(0),
+        0,
+        "scaled-down pods are not failures"
+    );
+    let before = syncs(&env).await;
+    assert_alive(&env).await;
+    healthy_job_completes(&env).await;
+    assert!(syncs(&env).await - before < 50.0);
+    let log = env.controller().log_text();
+    assert!(log.contains("creating 500 pods"), "a full burst is logged");
+    assert!(log.contains("more than wanted"), "the scale-down is logged");
+    assert!(!log.contains("panicked"), "{log}");
+    env.assert_no_rejected_status().await;
+}
+
+/// The pod counts of the controller's "creating N pods" decisions, in log order.
+fn creation_bursts(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.split("creating ").nth(1)?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// A finishedAt in the last day of year 9999 (valid to the apiserver, Go's time goes to
+/// 9999-12-31T23:59:59Z) is past what the client's time type holds (9999-12-30T22:00Z):
+/// the pod list fails to deserialize, the pod cache never syncs, and no Job in the
+/// namespace is served again.
+#[tokio::test]
+#[ignore = "bug: one pod with a time after 9999-12-30T22:00Z breaks the pod watch (k8s-openapi's \
+            jiff Time cannot hold it): 'controller stream error ... watch stream failed', the \
+            failed pod is never counted or replaced; a restarted controller's initial pod list \
+            fails the same way, with backoff, and its caches never sync"]
+async fn a_failed_pod_finished_on_the_last_day_of_year_9999() {
+    let env = TestEnv::new("last-day").await;
+    let mut job = driven_job("last-day", Some(MANAGED_BY));
+    job.spec.as_mut().unwrap().backoff_limit = Some(4);
+    env.create_job(&job).await;
+    let first = env.wait_active("last-day", 1).await;
+    fail_finished_at(&env, &first[0], "9999-12-31T23:59:59Z").await;
+    env.wait_status("last-day", "the failure counted and replaced", |s| {
+        s.failed == Some(1) && s.active == Some(1)
+    })
+    .await;
+    assert_alive(&env).await;
+    healthy_job_completes(&env).await;
+    let log = env.controller().log_text();
+    assert!(!log.contains("controller stream error"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    env.assert_no_rejected_status().await;
+}
