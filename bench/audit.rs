@@ -8,9 +8,9 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use k8s_openapi::jiff::Timestamp;
-use serde::Deserialize;
 
 use crate::run::RunResult;
+use crate::shared::AuditEvent;
 
 pub fn user_of(side: &str) -> &'static str {
     match side {
@@ -18,34 +18,6 @@ pub fn user_of(side: &str) -> &'static str {
         "jobkeeper" => "system:serviceaccount:jobkeeper-system:jobkeeper",
         _ => "system:serviceaccount:jobkeeper-system:jobkeeper-bench-ceiling",
     }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AuditEvent {
-    stage: String,
-    verb: String,
-    user: User,
-    object_ref: Option<ObjectRef>,
-    request_received_timestamp: Timestamp,
-    response_status: Option<ResponseStatus>,
-}
-
-#[derive(Deserialize)]
-struct User {
-    username: String,
-}
-
-#[derive(Deserialize)]
-struct ObjectRef {
-    resource: Option<String>,
-    subresource: Option<String>,
-    namespace: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ResponseStatus {
-    code: Option<u16>,
 }
 
 pub fn attribute(log: &Path, runs: &mut [RunResult]) -> anyhow::Result<()> {

@@ -118,19 +118,12 @@ impl Cluster {
     }
 }
 
-/// An unthrottled client from a kubeconfig file.
+/// A client from a kubeconfig file (60 s read timeout).
 pub async fn client(path: &Path) -> anyhow::Result<kube::Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    config.read_timeout = Some(Duration::from_secs(60));
-    Ok(kube::Client::try_from(config)?)
+    crate::shared::client(path, Duration::from_secs(60)).await
 }
 
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
+pub use crate::shared::free_port;
 
 /// The jobkeeper process under test, killed on drop.
 pub struct Jobkeeper {

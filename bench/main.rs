@@ -10,6 +10,8 @@ mod plots;
 mod procfs;
 mod report;
 mod run;
+#[path = "../tools/shared.rs"]
+mod shared;
 mod watch;
 mod workload;
 

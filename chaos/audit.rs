@@ -9,42 +9,12 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use k8s_openapi::jiff::Timestamp;
-use serde::Deserialize;
+
+use crate::shared::AuditEvent;
 
 pub const JOBKEEPER_USER: &str = "system:serviceaccount:jobkeeper-system:jobkeeper";
 pub const KCM_JOB_CONTROLLER: &str = "system:serviceaccount:kube-system:job-controller";
 pub const REPLICA_EXTRA: &str = "replica";
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AuditEvent {
-    stage: String,
-    verb: String,
-    user: User,
-    impersonated_user: Option<User>,
-    object_ref: Option<ObjectRef>,
-    request_received_timestamp: Timestamp,
-    response_status: Option<ResponseStatus>,
-}
-
-#[derive(Deserialize)]
-struct User {
-    username: String,
-    #[serde(default)]
-    extra: HashMap<String, Vec<String>>,
-}
-
-#[derive(Deserialize)]
-struct ObjectRef {
-    resource: Option<String>,
-    subresource: Option<String>,
-    namespace: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ResponseStatus {
-    code: Option<u16>,
-}
 
 /// One write to the run's namespace by a jobkeeper process.
 #[derive(Debug, Clone)]

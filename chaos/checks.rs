@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::observer::{Observed, TRACKING_FINALIZER};
 use crate::scenario::{Action, Plan, Policy, Shape};
+use crate::shared::mask_pod_names;
 
 /// What the user (the driver and the second writer) last wrote to a Job, from the write's
 /// response: it must still be there at the end.
@@ -97,23 +98,6 @@ pub fn comparable(job_name: &str, status: &JobStatus) -> Value {
         "hasCompletionTime": status.completion_time.is_some(),
         "uncounted": uncounted,
     })
-}
-
-fn mask_pod_names(message: &str, job: &str) -> String {
-    let prefix = format!("{job}-");
-    let mut out = String::new();
-    let mut rest = message;
-    while let Some(at) = rest.find(&prefix) {
-        out.push_str(&rest[..at]);
-        out.push_str("<pod>");
-        let tail = &rest[at + prefix.len()..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
-            .unwrap_or(tail.len());
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// The final status of every reference Job (the built-in controller's twin), comparable.

@@ -96,20 +96,12 @@ async fn run_script(name: &str, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A client from a kubeconfig file, with a read timeout so a restarted apiserver cannot
-/// hang a request forever.
+/// A client from a kubeconfig file (30 s read timeout).
 pub async fn client(path: &Path) -> anyhow::Result<kube::Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    config.read_timeout = Some(Duration::from_secs(30));
-    Ok(kube::Client::try_from(config)?)
+    crate::shared::client(path, Duration::from_secs(30)).await
 }
 
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
+pub use crate::shared::free_port;
 
 /// A kubeconfig that authenticates as admin and acts as jobkeeper's ServiceAccount, with
 /// `replica=<incarnation>` as user extra: the audit log then names the process behind

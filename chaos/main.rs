@@ -14,6 +14,8 @@ mod observer;
 mod report;
 mod rng;
 mod scenario;
+#[path = "../tools/shared.rs"]
+mod shared;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -663,8 +663,8 @@ async fn new_holder(client: &Client, old: &str, leader: &Pod, standby: &Pod) -> 
 ///
 /// A deleted leader pod releases the Lease on SIGTERM and the standby takes it at once. A
 /// SIGKILLed leader's container is restarted by the kubelet within about a second, as a new
-/// process with a new identity (`<pod>_<random>`): it and the standby both wait for the
-/// old lease to expire, and either may win; the test says which.
+/// process with a new identity (`<pod>_<random>`): it finds the Lease held by its previous
+/// self and leaves it to the standby, which takes it once it expires.
 async fn failover(client: &Client, handover: Handover) {
     let pods = ready_replicas(client, Duration::from_secs(90)).await;
     let (holder, duration) = lease_holder_among(client, &pods).await;
@@ -690,19 +690,13 @@ async fn failover(client: &Client, handover: Handover) {
         "{handover:?}: {who} holds the Lease after {:?} (lease duration {duration} s)",
         gone.elapsed()
     );
-    if let Handover::DeletePod = handover {
-        assert!(
-            by_standby,
-            "a deleted leader pod hands the Lease to the standby"
-        );
-    }
+    assert!(
+        by_standby,
+        "after {handover:?} the standby leads, not {who}"
+    );
     assert_exact_counts(&env).await;
     let writers = assert_one_writer_at_a_time(&env).await;
-    let expected = if by_standby {
-        vec![pod_ip(leader), pod_ip(standby)]
-    } else {
-        vec![pod_ip(leader)]
-    };
+    let expected = vec![pod_ip(leader), pod_ip(standby)];
     assert_eq!(
         writers, expected,
         "status writers by pod IP: the old leader, then {who} alone"

@@ -74,6 +74,19 @@ pub async fn run_elected(
     Ok(())
 }
 
+/// How long the syncs in flight may finish after SIGTERM before they are dropped: the
+/// Lease is released only after them, and the standby should not wait for a slow one
+/// (dropping a sync is safe: the finalizers keep every count).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Resolves [`SHUTDOWN_GRACE`] after `stop` turned true.
+async fn shutdown_deadline(mut stop: watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        return std::future::pending().await;
+    }
+    tokio::time::sleep(SHUTDOWN_GRACE).await;
+}
+
 /// Runs the controller while we hold the Lease. True when it stopped on SIGTERM; false
 /// when we stepped down (the controller and every sync in it dropped: no write after this).
 async fn lead(
@@ -105,6 +118,11 @@ async fn lead(
     });
     let stopped_gracefully = tokio::select! {
         _ = controller => true,
+        () = shutdown_deadline(stop.clone()) => {
+            warn!(after_ms = SHUTDOWN_GRACE.as_millis() as u64,
+                "syncs still running after SIGTERM; dropped them to hand the Lease over");
+            true
+        }
         lost = hold(elector, timing, acquired) => {
             warn!(
                 identity = %elector.identity(),

@@ -6,6 +6,8 @@
 
 pub mod proxy;
 pub mod real;
+#[path = "../../tools/shared.rs"]
+pub mod shared;
 pub mod twins;
 
 use std::collections::BTreeMap;

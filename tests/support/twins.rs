@@ -10,6 +10,7 @@ use kube::ResourceExt;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
+use super::shared::mask_pod_names;
 use super::*;
 
 /// A pair of identical Jobs: `<name>-ours` (jobkeeper) and `<name>-ref` (built-in).
@@ -219,23 +220,4 @@ pub async fn wait_no_tracking_finalizer(env: &TestEnv, job: &str) {
         },
     )
     .await;
-}
-
-/// Replaces `<job>-<suffix>` pod names (generateName: `<job>-` or `<job>-<index>-`) in
-/// `message` with `<pod>`.
-pub fn mask_pod_names(message: &str, job: &str) -> String {
-    let prefix = format!("{job}-");
-    let mut out = String::new();
-    let mut rest = message;
-    while let Some(at) = rest.find(&prefix) {
-        out.push_str(&rest[..at]);
-        out.push_str("<pod>");
-        let tail = &rest[at + prefix.len()..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
-            .unwrap_or(tail.len());
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
 }
