@@ -583,11 +583,7 @@ fn render_next(out: &mut Out, job: &Job, status: &JobStatus, plan: &Plan) {
         ));
     }
     if !plan.create.is_empty() {
-        let mut indexes: Vec<i32> = plan
-            .create
-            .iter()
-            .filter_map(pods::completion_index)
-            .collect();
+        let mut indexes: Vec<i32> = plan.create.iter().filter_map(|new| new.index).collect();
         indexes.sort_unstable();
         let mut text = format!("create {}", plural(plan.create.len(), "pod"));
         if !indexes.is_empty() {

@@ -17,14 +17,15 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::act::budget::CreateBudget;
 use crate::cluster::expectations::Expectations;
 use crate::edge::metrics::SharedMetrics;
 use crate::plan::pods::{has_tracking_finalizer, is_ready};
 use crate::plan::status::normalized;
-use crate::plan::{EventType, JobEvent, Plan, PlanOutcome, PodRef, TRACKING_FINALIZER};
+use crate::plan::{EventType, JobEvent, NewPod, Plan, PlanOutcome, PodRef, TRACKING_FINALIZER};
 
 /// At most this many pod writes in flight at once for one Job.
-const POD_WRITE_PARALLELISM: usize = 16;
+pub const POD_WRITE_PARALLELISM: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecuteError {
@@ -76,6 +77,8 @@ pub enum Step {
 /// The clients and records one sync writes through.
 pub struct Executor<'a> {
     pub client: &'a Client,
+    /// Shared by every sync: bounds the pod bodies being created at once.
+    pub create_budget: &'a CreateBudget,
     pub expectations: &'a Expectations,
     pub events: &'a EventSink,
     pub metrics: &'a SharedMetrics,
@@ -133,7 +136,7 @@ impl Executor<'_> {
             .delete_pods(&pods_api, &job_uid, pods, &plan.delete, &job_ref)
             .await;
         let created = self
-            .create_pods(&pods_api, &job_uid, &plan.create, &job_ref)
+            .create_pods(&pods_api, job, &plan.create, &job_ref)
             .await;
         plan.status = plan
             .status
@@ -387,13 +390,25 @@ impl Executor<'_> {
     /// Creates pods in slow-start batches of 1, 2, 4, …, as upstream does, so a Job whose
     /// pods all fail to create (quota, admission) costs one request, not hundreds. After a
     /// failed batch the rest is not tried: it counts as missed.
+    /// Creates the plan's pods in slow-start batches (1, 2, 4, …) that stop at the first
+    /// failure, as upstream does. Each pod is built from the template only when its turn
+    /// comes, within the process-wide [`CreateBudget`].
     async fn create_pods(
         &self,
         api: &Api<Pod>,
-        job_uid: &str,
-        create: &[Pod],
+        job: &Job,
+        create: &[NewPod],
         job_ref: &ObjectReference,
     ) -> PodWrites {
+        let job_uid = job.uid().unwrap_or_default();
+        let template_bytes = if create.is_empty() {
+            0
+        } else {
+            job.spec
+                .as_ref()
+                .and_then(|s| serde_json::to_vec(&s.template).ok())
+                .map_or(0, |t| t.len())
+        };
         let mut names = Vec::new();
         let mut error = None;
         let mut batch = 1;
@@ -403,7 +418,10 @@ impl Executor<'_> {
             rest = later;
             batch *= 2;
             let results: Vec<Result<Pod, kube::Error>> = stream::iter(now.to_vec())
-                .map(|pod: Pod| create_pod(self.client, api, pod))
+                .map(|new: NewPod| async move {
+                    let _share = self.create_budget.reserve(template_bytes).await;
+                    create_pod(self.client, api, new.build(job)).await
+                })
                 .buffer_unordered(POD_WRITE_PARALLELISM)
                 .collect()
                 .await;
@@ -411,7 +429,7 @@ impl Executor<'_> {
                 match result {
                     Ok(pod) => {
                         names.push(pod.name_any());
-                        self.expectations.created(job_uid, pod);
+                        self.expectations.created(&job_uid, pod);
                     }
                     Err(e) => error = Some(ExecuteError::Create(e)),
                 }

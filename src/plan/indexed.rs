@@ -419,7 +419,7 @@ mod tests {
         ];
         let p = run(&j, &pods);
         assert_eq!(p.create.len(), 1);
-        let ann = p.create[0].metadata.annotations.clone().unwrap();
+        let ann = built(&j, &p)[0].metadata.annotations.clone().unwrap();
         assert_eq!(ann[pods::COMPLETION_INDEX], "0");
         assert_eq!(ann[pods::INDEX_FAILURE_COUNT], "1");
         assert!(!ann.contains_key(pods::INDEX_IGNORED_FAILURE_COUNT));
@@ -447,7 +447,7 @@ mod tests {
         let mut j = indexed_job(2, 2);
         spec(&mut j).backoff_limit_per_index = Some(1);
         let p = run(&j, &[]);
-        for c in &p.create {
+        for c in &built(&j, &p) {
             assert_eq!(
                 c.metadata.annotations.as_ref().unwrap()[pods::INDEX_FAILURE_COUNT],
                 "0"
@@ -556,7 +556,7 @@ mod tests {
                 .index(0)
                 .cond("DisruptionTarget", "True", t(900))],
         );
-        let ann = p.create[0].metadata.annotations.clone().unwrap();
+        let ann = built(&j, &p)[0].metadata.annotations.clone().unwrap();
         assert_eq!(ann[pods::INDEX_FAILURE_COUNT], "0");
         assert_eq!(ann[pods::INDEX_IGNORED_FAILURE_COUNT], "1");
     }
@@ -634,8 +634,7 @@ mod tests {
         spec(&mut j).pod_replacement_policy = Some("Failed".into());
         st(&mut j).terminating = Some(1);
         let p = run(&j, &[pod("a", "Running").index(i32::MAX).deleting()]);
-        let created: Vec<String> = p
-            .create
+        let created: Vec<String> = built(&j, &p)
             .iter()
             .map(|c| c.metadata.annotations.as_ref().unwrap()[pods::COMPLETION_INDEX].clone())
             .collect();

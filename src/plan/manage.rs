@@ -12,8 +12,8 @@ use super::indexed::{self, Intervals};
 use super::pods::{self, pod_ref};
 use super::spec::Spec;
 use super::status::SUCCESS_CRITERIA_MET;
-use super::template::{self, IndexFailureCounts};
-use super::{MAX_POD_CREATE_DELETE_PER_SYNC, Plan, backoff, failure_policy, plural};
+use super::template::IndexFailureCounts;
+use super::{MAX_POD_CREATE_DELETE_PER_SYNC, NewPod, Plan, backoff, failure_policy, plural};
 
 /// The pod counts once this plan's creates and deletes are done.
 pub struct Managed<'a> {
@@ -165,8 +165,7 @@ fn create_pods(spec: &Spec<'_>, pods: &Classified<'_>, wanted: usize, plan: &mut
     }
     let wanted = wanted.min(MAX_POD_CREATE_DELETE_PER_SYNC);
     if !spec.indexed {
-        plan.create
-            .extend((0..wanted).map(|_| template::build_pod(spec.job, None, None)));
+        plan.create.extend((0..wanted).map(|_| NewPod::default()));
         plan.decisions
             .push(format!("creating {}", plural(wanted, "pod")));
         return wanted;
@@ -182,8 +181,10 @@ fn create_pods(spec: &Spec<'_>, pods: &Classified<'_>, wanted: usize, plan: &mut
             let replaced = pods.indexes.last_failed.get(&ix).copied();
             IndexFailureCounts::after(spec.pod_failure_policy, replaced)
         });
-        plan.create
-            .push(template::build_pod(spec.job, Some(ix), counts));
+        plan.create.push(NewPod {
+            index: Some(ix),
+            failure_counts: counts,
+        });
     }
     if !indexes.is_empty() {
         plan.decisions.push(format!(
@@ -254,8 +255,7 @@ mod tests {
         let j = running(indexed_job(5, 3), 2);
         let pods = [pod("a", "Running").index(0), pod("b", "Running").index(3)];
         let p = run(&j, &pods);
-        let idx: Vec<String> = p
-            .create
+        let idx: Vec<String> = built(&j, &p)
             .iter()
             .map(|c| c.metadata.annotations.as_ref().unwrap()[pods::COMPLETION_INDEX].clone())
             .collect();
@@ -268,8 +268,7 @@ mod tests {
         st(&mut j).completed_indexes = Some("0,2".into());
         st(&mut j).succeeded = Some(2);
         let p = run(&j, &[]);
-        let idx: Vec<String> = p
-            .create
+        let idx: Vec<String> = built(&j, &p)
             .iter()
             .map(|c| c.metadata.annotations.as_ref().unwrap()[pods::COMPLETION_INDEX].clone())
             .collect();

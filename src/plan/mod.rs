@@ -111,14 +111,31 @@ pub struct JobEvent {
     pub message: String,
 }
 
+/// A pod the plan asks for: its completion index (Indexed Jobs) and the per-index failure
+/// counts it carries (backoffLimitPerIndex). Everything else comes from the Job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NewPod {
+    pub index: Option<i32>,
+    pub failure_counts: Option<template::IndexFailureCounts>,
+}
+
+impl NewPod {
+    /// The pod object to send: the Job's template with owner, finalizer and index.
+    pub fn build(&self, job: &Job) -> Pod {
+        template::build_pod(job, self.index, self.failure_counts)
+    }
+}
+
 /// What to do next for one Job.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     /// Pods to delete, least-advanced first. The executor removes their tracking finalizer
     /// before deleting them; they are not counted as failed.
     pub delete: Vec<PodRef>,
-    /// Complete pod objects to create (metadata.generateName set, name unset).
-    pub create: Vec<Pod>,
+    /// Pods to create, built from the Job's template only as each is created
+    /// ([`NewPod::build`]): a plan of 500 creates holds 500 of these small records, not 500
+    /// copies of a template that may be hundreds of kilobytes.
+    pub create: Vec<NewPod>,
     /// Orphans to adopt (controller ownerReference + tracking finalizer in one patch).
     pub adopt: Vec<PodRef>,
     /// Owned pods that no longer match the selector, to release (ownerReference removed).

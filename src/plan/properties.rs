@@ -736,7 +736,7 @@ fn apply(c: &mut Case, p: &Plan, steps: usize, phase: &str) {
         // The rest of a big burst is not in the cache yet (the plans stay small).
         for new in p.create.iter().take(20) {
             c.created += 1;
-            let mut new = new.clone();
+            let mut new = new.build(&c.job);
             let name = format!("new{}", c.created);
             new.metadata.uid = Some(format!("{name}-uid"));
             new.metadata.name = Some(name);

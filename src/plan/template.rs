@@ -162,7 +162,7 @@ mod tests {
     fn created_pod_carries_owner_labels_finalizer_and_generate_name() {
         let j = job(Some(1), 1);
         let p = run(&j, &[]);
-        let pod = &p.create[0];
+        let pod = &built(&j, &p)[0];
         assert_eq!(pod.metadata.generate_name.as_deref(), Some("pi-"));
         assert!(pod.metadata.name.is_none());
         assert_eq!(pod.metadata.labels.as_ref(), Some(&labels()));
@@ -207,7 +207,7 @@ mod tests {
             });
         let p = run(&j, &[]);
         assert_eq!(p.create.len(), 3);
-        let pod = &p.create[2];
+        let pod = &built(&j, &p)[2];
         assert_eq!(
             pod.metadata.annotations.as_ref().unwrap()[pods::COMPLETION_INDEX],
             "2"

@@ -265,6 +265,11 @@ pub fn run(j: &Job, pods: &[P]) -> Plan {
     plan_with(j, pods, &[], &HashSet::new(), &BackoffRecord::default())
 }
 
+/// The pods the plan creates, as they would be sent.
+pub fn built(j: &Job, plan: &Plan) -> Vec<Pod> {
+    plan.create.iter().map(|new| new.build(j)).collect()
+}
+
 /// The status the Job would have after the plan (the plan's status or the current one).
 pub fn status_after(j: &Job, plan: &Plan) -> JobStatus {
     plan.status
@@ -479,7 +484,7 @@ impl Sim {
         if steps >= 2 {
             for c in &p.create {
                 self.created += 1;
-                let mut pod = c.clone();
+                let mut pod = c.build(&self.job);
                 let name = format!(
                     "{}{}",
                     pod.metadata.generate_name.clone().unwrap(),

@@ -25,6 +25,7 @@ use kube::runtime::watcher;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error};
 
+use crate::act::budget::CreateBudget;
 use crate::act::execute::EventSink;
 use crate::cluster::expectations::Expectations;
 use crate::cluster::pod_index::PodIndex;
@@ -87,6 +88,8 @@ pub struct Context {
     pub pods: Store<Pod>,
     pub pod_index: PodIndex,
     pub expectations: Expectations,
+    /// Bounds the pod bodies all syncs create at once (memory, whatever the templates).
+    pub create_budget: CreateBudget,
     pub backoff: Mutex<HashMap<String, BackoffRecord>>,
     pub errors: Mutex<HashMap<String, u32>>,
     pub events: EventSink,
@@ -239,6 +242,7 @@ fn context(
         pods,
         pod_index: PodIndex::default(),
         expectations: Expectations::default(),
+        create_budget: CreateBudget::default(),
         backoff: Mutex::default(),
         errors: Mutex::default(),
         events,

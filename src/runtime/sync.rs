@@ -217,6 +217,7 @@ impl Context {
     fn executor(&self) -> Executor<'_> {
         Executor {
             client: &self.client,
+            create_budget: &self.create_budget,
             expectations: &self.expectations,
             events: &self.events,
             metrics: &self.metrics,
