@@ -194,7 +194,7 @@ impl<'de> Deserialize<'de> for WatchedPod {
             status,
         } = Wire::deserialize(d)?;
         let mut annotations = m.annotations;
-        drop_last_applied(&mut annotations);
+        keep_planner_annotations(&mut annotations);
         let spec = spec.map(|s| {
             slim_spec(
                 s.node_name,
@@ -234,7 +234,7 @@ impl<'de> Deserialize<'de> for WatchedPod {
 pub fn slim_pod(pod: &mut Pod) {
     let meta = &mut pod.metadata;
     meta.managed_fields = None;
-    drop_last_applied(&mut meta.annotations);
+    keep_planner_annotations(&mut meta.annotations);
     meta.finalizers = meta.finalizers.take().map(shrunk);
     meta.owner_references = meta.owner_references.take().map(shrunk);
     pod.status = pod.status.take().map(|s| Status::from(s).into_pod_status());
@@ -247,9 +247,18 @@ pub fn slim_pod(pod: &mut Pod) {
     }
 }
 
-fn drop_last_applied(annotations: &mut Option<BTreeMap<String, String>>) {
+/// The only annotations the planner reads are the Job controller's own
+/// (`batch.kubernetes.io/job-completion-index`, the per-index failure counts). A pod
+/// template's own annotations (up to 256 KiB) are copied into every pod; keeping them would
+/// cost that much per cached pod for nothing.
+const PLANNER_ANNOTATIONS: &str = "batch.kubernetes.io/";
+
+fn keep_planner_annotations(annotations: &mut Option<BTreeMap<String, String>>) {
     if let Some(a) = annotations.as_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        a.retain(|key, _| key.starts_with(PLANNER_ANNOTATIONS));
+        if a.is_empty() {
+            *annotations = None;
+        }
     }
 }
 
@@ -336,6 +345,8 @@ mod tests {
         "deletionTimestamp": "2026-11-27T04:01:00Z", "deletionGracePeriodSeconds": 30,
         "labels": {"batch.kubernetes.io/controller-uid": "j-1", "job-name": "pi"},
         "annotations": {"batch.kubernetes.io/job-completion-index": "0",
+                        "batch.kubernetes.io/job-index-failure-count": "1",
+                        "example.com/from-the-template": "a user's note, copied to every pod",
                         "kubectl.kubernetes.io/last-applied-configuration": "{}"},
         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "pi",
                              "uid": "j-1", "controller": true, "blockOwnerDeletion": true}],
@@ -388,6 +399,25 @@ mod tests {
         assert_eq!(spec.init_containers.as_ref().unwrap().len(), 1);
         assert!(spec.containers.is_empty());
         assert!(spec.volumes.is_none());
+    }
+
+    #[test]
+    fn only_the_job_controllers_annotations_are_kept() {
+        let WatchedPod(pod) = serde_json::from_str(FULL).unwrap();
+        let kept: Vec<&str> = pod
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                "batch.kubernetes.io/job-completion-index",
+                "batch.kubernetes.io/job-index-failure-count"
+            ]
+        );
     }
 
     #[test]
