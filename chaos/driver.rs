@@ -259,14 +259,24 @@ async fn lifecycle(ctx: Arc<Ctx>, plan: Plan) -> anyhow::Result<()> {
             patch_spec(&ctx, &names, json!({"parallelism": parallelism})).await?;
         }
         Action::SuspendRunning(pause) => {
-            if running(&ctx, &names, plan.parallelism).await {
-                patch_spec(&ctx, &names, json!({"suspend": true})).await?;
-                tokio::time::sleep(pause).await;
-                suspended(&ctx, &names).await;
-                patch_spec(&ctx, &names, json!({"suspend": false})).await?;
-            } else {
-                warn!(plan = %plan.name, "pods never all ran; not suspended");
-            }
+            // Each twin is suspended when its own first pods run, not when both twins' do:
+            // one controller can be a kill behind the other, and a twin whose pods finished
+            // meanwhile would complete unsuspended while the other is suspended.
+            let one = |name: String| {
+                let ctx = &ctx;
+                async move {
+                    let names = [name];
+                    if !running(ctx, &names, plan.parallelism).await {
+                        warn!(job = %names[0], "pods never all ran; not suspended");
+                        return Ok(());
+                    }
+                    patch_spec(ctx, &names, json!({"suspend": true})).await?;
+                    tokio::time::sleep(pause).await;
+                    suspended(ctx, &names).await;
+                    patch_spec(ctx, &names, json!({"suspend": false})).await
+                }
+            };
+            futures::future::try_join_all(names.iter().cloned().map(one)).await?;
         }
         Action::Delete(policy) => {
             running(&ctx, &names, plan.parallelism).await;
