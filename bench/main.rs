@@ -66,6 +66,16 @@ pub struct Args {
     pub indexed_completions: u32,
     #[arg(long, default_value_t = 500)]
     pub indexed_parallelism: u32,
+    /// fat (not in the default list; memory with big templates): Jobs × parallelism ×
+    /// completions whose pod template carries --fat-template-kib of annotation.
+    #[arg(long, default_value_t = 16)]
+    pub fat_jobs: u32,
+    #[arg(long, default_value_t = 100)]
+    pub fat_parallelism: u32,
+    #[arg(long, default_value_t = 100)]
+    pub fat_completions: u32,
+    #[arg(long, default_value_t = 100)]
+    pub fat_template_kib: u32,
     /// Pending → Running delay of every pod (kwok; the ceiling's driver waits the same).
     #[arg(long, default_value_t = 100)]
     pub pod_start_ms: u64,

@@ -25,6 +25,9 @@ pub struct Workload {
     pub fail_per_job: u32,
     /// Jobs created per second; None: all at once.
     pub create_rate: Option<f64>,
+    /// KiB of pod template annotation (every pod carries a copy): a fat template.
+    #[serde(default)]
+    pub template_kib: u32,
 }
 
 fn scaled(n: u32, scale: f64) -> u32 {
@@ -43,6 +46,7 @@ impl Workload {
                 indexed: false,
                 fail_per_job: 0,
                 create_rate: Some(a.paced_rate),
+                template_kib: 0,
             },
             "small" => Workload {
                 name: name.into(),
@@ -52,6 +56,7 @@ impl Workload {
                 indexed: false,
                 fail_per_job: 0,
                 create_rate: None,
+                template_kib: 0,
             },
             "wide" => Workload {
                 name: name.into(),
@@ -62,6 +67,7 @@ impl Workload {
                 fail_per_job: (f64::from(a.wide_completions) * a.wide_fail_percent / 100.0).round()
                     as u32,
                 create_rate: None,
+                template_kib: 0,
             },
             "indexed" => Workload {
                 name: name.into(),
@@ -71,8 +77,21 @@ impl Workload {
                 indexed: true,
                 fail_per_job: 0,
                 create_rate: None,
+                template_kib: 0,
             },
-            other => anyhow::bail!("unknown workload {other:?} (paced, small, wide, indexed)"),
+            "fat" => Workload {
+                name: name.into(),
+                jobs: scaled(a.fat_jobs, s),
+                parallelism: scaled(a.fat_parallelism, s),
+                completions: scaled(a.fat_completions, s),
+                indexed: false,
+                fail_per_job: 0,
+                create_rate: None,
+                template_kib: a.fat_template_kib,
+            },
+            other => {
+                anyhow::bail!("unknown workload {other:?} (paced, small, wide, indexed, fat)")
+            }
         };
         Ok(w)
     }
@@ -102,6 +121,9 @@ impl Workload {
         if let Some(rate) = self.create_rate {
             s += &format!(", created at {rate}/s");
         }
+        if self.template_kib > 0 {
+            s += &format!(", a {} KiB pod template", self.template_kib);
+        }
         s
     }
 
@@ -124,6 +146,12 @@ impl Workload {
         });
         if let Some(m) = managed_by {
             spec["managedBy"] = json!(m);
+        }
+        if self.template_kib > 0 {
+            // Size in the template, copied into every pod: what a Job author may write.
+            let note = "x".repeat(self.template_kib as usize * 1024);
+            spec["template"]["metadata"]["annotations"] =
+                json!({ "jobkeeper.dev/bench-note": note });
         }
         serde_json::from_value(json!({
             "apiVersion": "batch/v1",
