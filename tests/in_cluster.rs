@@ -750,8 +750,14 @@ async fn failover(client: &Client, handover: Handover) {
     let successor_ip = match (&who, handover) {
         (Successor::Standby, _) => pod_ip(standby),
         (Successor::Replacement(pod), Handover::DeletePod) => {
+            // Its process can lead before the kubelet has reported the pod's IP.
             let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NS);
-            pod_ip(&pods.get(pod).await.expect("the replacement pod"))
+            wait_for(
+                "the replacement's pod IP",
+                Duration::from_secs(30),
+                || async { pods.get(pod).await.ok()?.status?.pod_ip },
+            )
+            .await
         }
         _ => panic!(
             "after {handover:?} the standby (or a deleted leader's replacement) leads, not {who:?}\n{}",
