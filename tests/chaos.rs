@@ -14,7 +14,6 @@ fn repo() -> PathBuf {
 }
 
 #[test]
-#[ignore = "flaky: a suspend racing a Job's completion can end the twins with different Suspended conditions (1 mismatch in 6 runs); run with --ignored"]
 fn chaos_small_managed_by() {
     let out = repo().join("target/chaos-test");
     let cluster = repo().join("target/test-cluster-chaos");
