@@ -19,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use jobkeeper::cluster::lenient::Lenient;
 use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus};
 use k8s_openapi::api::core::v1::{
     Container, Namespace, Pod, PodCondition, PodSpec, PodTemplateSpec,
@@ -378,15 +379,17 @@ impl TestEnv {
     }
 
     /// The Job's pods (by its job-name label, or for a manualSelector Job, whose pods lack
-    /// that label, by their controller), oldest first, then by index and name.
+    /// that label, by their controller), oldest first, then by index and name. Read
+    /// leniently: a pod may hold a time past what k8s-openapi's `Time` holds.
     pub async fn pods_of(&self, job: &str) -> Vec<Pod> {
-        let mut pods: Vec<Pod> = self
-            .pods()
+        let pods: Api<Lenient<Pod>> = Api::namespaced(self.client.clone(), &self.ns);
+        let mut pods: Vec<Pod> = pods
             .list(&ListParams::default())
             .await
             .expect("listing pods")
             .items
             .into_iter()
+            .map(|p| p.0)
             .filter(|p| {
                 p.labels()
                     .get("batch.kubernetes.io/job-name")
