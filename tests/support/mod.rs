@@ -479,6 +479,47 @@ impl TestEnv {
         }
     }
 
+    /// Merge-patches the status of this namespace's `kind` object (`"pods"` or `"jobs"`)
+    /// `name` with raw JSON and reads the answer as JSON, not as the typed object: for
+    /// values the apiserver holds and k8s-openapi's types do not (a time on the last day
+    /// of year 9999).
+    pub async fn merge_patch_status_raw(&self, kind: &str, name: &str, status: serde_json::Value) {
+        let group = if kind == "jobs" {
+            "apis/batch/v1"
+        } else {
+            "api/v1"
+        };
+        let url = format!("/{group}/namespaces/{}/{kind}/{name}/status", self.ns);
+        let request = http::Request::patch(url)
+            .header("Content-Type", "application/merge-patch+json")
+            .body(serde_json::to_vec(&json!({ "status": status })).expect("status json"))
+            .expect("status patch request");
+        let _: serde_json::Value = self
+            .client
+            .request(request)
+            .await
+            .unwrap_or_else(|e| panic!("patching the status of {kind}/{name}: {e}"));
+    }
+
+    /// Fails `pod` with its container's finishedAt (and the Ready=False transition, both
+    /// written with the node's clock) at `finished_at`, sent raw: a time past
+    /// 9999-12-30T22:00Z is valid to the apiserver but not to the typed client.
+    pub async fn fail_finished_at(&self, pod: &Pod, finished_at: &str) {
+        let status = json!({
+            "phase": "Failed",
+            "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted",
+                            "lastTransitionTime": finished_at}],
+            "containerStatuses": [{
+                "name": "main", "image": "registry.k8s.io/e2e-test-images/agnhost:2.53",
+                "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 1, "reason": "Error",
+                                         "startedAt": finished_at, "finishedAt": finished_at}},
+            }],
+        });
+        self.merge_patch_status_raw("pods", &pod.name_any(), status)
+            .await;
+    }
+
     /// Running and Ready.
     pub async fn set_ready(&self, pod: &Pod) {
         let now = Timestamp::now().to_string();
