@@ -17,6 +17,7 @@ use kube::api::ListParams;
 use kube::core::Selector;
 use kube::{Api, Client};
 
+use crate::cluster::lenient::Lenient;
 use crate::cluster::pod_index::controller_of;
 use crate::config::ExplainArgs;
 use crate::plan::indexed::Intervals;
@@ -43,8 +44,10 @@ pub struct Owner {
 
 pub async fn explain(client: Client, args: &ExplainArgs) -> anyhow::Result<String> {
     let (namespace, name) = &args.job;
-    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
-    let job = jobs
+    // Both read leniently: a time of year 9999's last day, which the apiserver holds and
+    // k8s-openapi's `Time` does not, is explained as the last time there is.
+    let jobs: Api<Lenient<Job>> = Api::namespaced(client.clone(), namespace);
+    let Lenient(job) = jobs
         .get_opt(name)
         .await
         .with_context(|| format!("reading Job {namespace}/{name}"))?
@@ -59,12 +62,15 @@ pub async fn explain(client: Client, args: &ExplainArgs) -> anyhow::Result<Strin
         .transpose()
         .with_context(|| format!("reading the selector of Job {namespace}/{name}"))?
         .ok_or_else(|| anyhow::anyhow!("Job {namespace}/{name} has no selector"))?;
-    let pods: Api<Pod> = Api::namespaced(client, namespace);
-    let pods = pods
+    let pods: Api<Lenient<Pod>> = Api::namespaced(client, namespace);
+    let pods: Vec<Pod> = pods
         .list(&ListParams::default().labels_from(&selector))
         .await
         .with_context(|| format!("listing the pods of Job {namespace}/{name}"))?
-        .items;
+        .items
+        .into_iter()
+        .map(|p| p.0)
+        .collect();
     let ownership = Ownership {
         managed_by: args.managed_by.clone(),
         all_jobs: args.all_jobs,

@@ -169,6 +169,34 @@ async fn explain_a_job_in_pod_failure_backoff() {
     env.assert_no_rejected_status().await;
 }
 
+/// A failed pod whose finishedAt a node clock put on the last day of year 9999, past what
+/// k8s-openapi's `Time` holds: the pod list failed to decode, and explain with it.
+#[tokio::test]
+async fn explain_a_job_whose_pod_finished_on_the_last_day_of_year_9999() {
+    let env = TestEnv::new("explain-last-day").await;
+    let mut job = driven_job("skewed", Some(MANAGED_BY));
+    job.spec.as_mut().unwrap().backoff_limit = Some(4);
+    env.create_job(&job).await;
+    let pods = env.wait_active("skewed", 1).await;
+    env.fail_finished_at(&pods[0], "9999-12-31T23:59:59Z").await;
+    env.wait_status("skewed", "failed=1", |s| s.failed == Some(1))
+        .await;
+    let text = explain(&env, "skewed");
+    let failed = pods[0].metadata.name.as_deref().unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains(failed))
+        .unwrap_or_else(|| panic!("no line for {failed}:\n{text}"));
+    assert!(line.trim_start().starts_with("failed"), "{line}");
+    assert!(line.contains("exit 1 (Error)"), "{line}");
+    assert_eq!(
+        field(&text, "Rule").split(';').next(),
+        Some("0 of 1 completions"),
+        "{text}"
+    );
+    env.assert_no_rejected_status().await;
+}
+
 #[tokio::test]
 async fn explain_a_suspended_job() {
     let env = TestEnv::new("explain-suspended").await;

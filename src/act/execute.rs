@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::act::budget::CreateBudget;
 use crate::cluster::expectations::Expectations;
+use crate::cluster::lenient::Lenient;
 use crate::edge::metrics::SharedMetrics;
 use crate::plan::pods::{has_tracking_finalizer, is_ready};
 use crate::plan::status::normalized;
@@ -213,15 +214,14 @@ impl Executor<'_> {
         let Some(status) = status else {
             return Ok(ControlFlow::Continue(false));
         };
-        let jobs_api: Api<Job> =
-            Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default());
+        let jobs_api = lenient_jobs(self.client, job);
         let mut next = (**job).clone();
         next.status = Some(status);
         match jobs_api
-            .replace_status(&job.name_any(), &PostParams::default(), &next)
+            .replace_status(&job.name_any(), &PostParams::default(), &Lenient(next))
             .await
         {
-            Ok(mut written) => {
+            Ok(Lenient(mut written)) => {
                 written.managed_fields_mut().clear();
                 self.expectations.status_written(
                     job.resource_version().unwrap_or_default(),
@@ -234,10 +234,13 @@ impl Executor<'_> {
                     .get_opt(&job.name_any())
                     .await
                     .map_err(ExecuteError::ReadJob)?;
-                let fresh = fresh.filter(|j| j.uid() == job.uid()).map(|mut j| {
-                    j.managed_fields_mut().clear();
-                    Arc::new(j)
-                });
+                let fresh = fresh
+                    .map(|j| j.0)
+                    .filter(|j| j.uid() == job.uid())
+                    .map(|mut j| {
+                        j.managed_fields_mut().clear();
+                        Arc::new(j)
+                    });
                 Ok(ControlFlow::Break(Step::Conflict(fresh)))
             }
             Err(e) if is_not_found(&e) => Ok(ControlFlow::Break(Step::Conflict(None))),
@@ -374,8 +377,8 @@ impl Executor<'_> {
             }),
             ..DeleteParams::default()
         };
-        match api.delete(&pod.name, &params).await {
-            Ok(_) => {
+        match delete_unread(api, &pod.name, &params).await {
+            Ok(()) => {
                 self.expectations.deleted(job_uid, &pod.uid);
                 Ok(Some(pod.name.clone()))
             }
@@ -488,12 +491,11 @@ impl Executor<'_> {
     ) -> Result<Option<Step>, ExecuteError> {
         let job_uid = job.uid().unwrap_or_default();
         if !plan.adopt.is_empty() {
-            let jobs_api: Api<Job> =
-                Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default());
-            let fresh = jobs_api
+            let fresh = lenient_jobs(self.client, job)
                 .get_opt(&job.name_any())
                 .await
-                .map_err(ExecuteError::ReadJob)?;
+                .map_err(ExecuteError::ReadJob)?
+                .map(|j| j.0);
             match fresh {
                 Some(f) if f.uid() == job.uid() && f.metadata.deletion_timestamp.is_none() => {}
                 Some(f) if f.uid() == job.uid() => return Ok(Some(Step::Settled)),
@@ -787,11 +789,7 @@ pub async fn remove_finalizer(api: &Api<Pod>, name: &str) -> Result<(), kube::Er
     let patch = json!({
         "metadata": { "$deleteFromPrimitiveList/finalizers": [TRACKING_FINALIZER] }
     });
-    // Only the metadata comes back: the apiserver need not encode, nor we decode, the
-    // whole pod for each of the Job's pods.
-    api.patch_metadata(name, &PatchParams::default(), &Patch::Strategic(patch))
-        .await
-        .map(|_| ())
+    patch_unread(api, name, patch).await
 }
 
 async fn patch_pod(
@@ -799,17 +797,63 @@ async fn patch_pod(
     name: &str,
     patch: serde_json::Value,
 ) -> Result<(), ExecuteError> {
-    match api
-        .patch(name, &PatchParams::default(), &Patch::Strategic(patch))
-        .await
-    {
-        Ok(_) => Ok(()),
+    match patch_unread(api, name, patch).await {
+        Ok(()) => Ok(()),
         Err(e) if is_not_found(&e) || code_of(&e) == Some(409) => Ok(()),
         Err(source) => Err(ExecuteError::PatchPod {
             pod: name.to_string(),
             source,
         }),
     }
+}
+
+/// A strategic merge patch of a pod, answered with the pod's metadata only (the apiserver
+/// need not encode, nor we read, the whole pod for each of the Job's pods). The answer is
+/// not decoded at all: see [`send_unread`].
+async fn patch_unread(
+    api: &Api<Pod>,
+    name: &str,
+    patch: serde_json::Value,
+) -> Result<(), kube::Error> {
+    let request = kube::core::Request::new(api.resource_url())
+        .patch_metadata(name, &PatchParams::default(), &Patch::Strategic(patch))
+        .map_err(kube::Error::BuildRequest)?;
+    send_unread(api, request, "patch_metadata").await
+}
+
+/// Deletes a pod; the answer (the pod, now terminating) is not decoded: see [`send_unread`].
+async fn delete_unread(
+    api: &Api<Pod>,
+    name: &str,
+    params: &DeleteParams,
+) -> Result<(), kube::Error> {
+    let request = kube::core::Request::new(api.resource_url())
+        .delete(name, params)
+        .map_err(kube::Error::BuildRequest)?;
+    send_unread(api, request, "delete").await
+}
+
+/// Sends a pod write whose answer is of no use, and takes its success from the status
+/// code alone. The answer is still read as JSON, but into nothing: a pod can hold a time
+/// the apiserver accepts and k8s-openapi's `Time` cannot (the last hours of year 9999, see
+/// [`crate::cluster::lenient_time`]), and decoding it would fail a write that was made.
+async fn send_unread(
+    api: &Api<Pod>,
+    mut request: http::Request<Vec<u8>>,
+    verb: &'static str,
+) -> Result<(), kube::Error> {
+    request.extensions_mut().insert(verb);
+    let client = api.clone().into_client();
+    client
+        .request::<serde::de::IgnoredAny>(request)
+        .await
+        .map(|_| ())
+}
+
+/// The Jobs of `job`'s namespace, read with their times read leniently (see
+/// [`Lenient`]): another writer may have put a time of year 9999's last day in a status.
+fn lenient_jobs(client: &Client, job: &Job) -> Api<Lenient<Job>> {
+    Api::namespaced(client.clone(), &job.namespace().unwrap_or_default())
 }
 
 /// How long to wait before retrying a Job whose sync failed `failures` times in a row:
@@ -822,6 +866,79 @@ pub fn error_backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pod the apiserver holds and k8s-openapi's `Time` cannot: its deletionTimestamp
+    /// and its container's finishedAt lie on the last day of year 9999.
+    const LAST_DAY_POD: &str = r#"{"kind": "Pod", "apiVersion": "v1",
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u-1",
+                     "creationTimestamp": "2026-11-27T04:00:00Z",
+                     "deletionTimestamp": "9999-12-31T23:59:59Z"},
+        "status": {"phase": "Failed", "containerStatuses": [{"name": "main",
+            "image": "busybox", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 1, "finishedAt": "9999-12-31T23:59:59Z"}}}]}}"#;
+
+    /// A client whose apiserver answers every request 200 with `answer`, and what it was
+    /// asked: method, path and query, Accept header.
+    fn answering(answer: &'static str) -> (Client, Arc<Mutex<Vec<String>>>) {
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let log = asked.clone();
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let accept = request.headers().get(http::header::ACCEPT);
+            let accept = accept.and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let line = format!("{} {} {accept}", request.method(), request.uri());
+            log.lock().unwrap().push(line);
+            let body = kube::client::Body::from(answer.as_bytes().to_vec());
+            async move { Ok::<_, std::convert::Infallible>(http::Response::new(body)) }
+        });
+        (Client::new(service, "ns"), asked)
+    }
+
+    #[tokio::test]
+    async fn pod_writes_succeed_whatever_the_pod_in_the_answer_holds() {
+        assert!(serde_json::from_str::<Pod>(LAST_DAY_POD).is_err());
+        assert!(serde_json::from_str::<PartialObjectMeta<Pod>>(LAST_DAY_POD).is_err());
+        let (client, asked) = answering(LAST_DAY_POD);
+        let api: Api<Pod> = Api::namespaced(client, "ns");
+        remove_finalizer(&api, "p").await.unwrap();
+        let adopt = json!({"metadata": {"uid": "u-1", "finalizers": [TRACKING_FINALIZER]}});
+        patch_pod(&api, "p", adopt).await.unwrap();
+        delete_unread(&api, "p", &DeleteParams::default())
+            .await
+            .unwrap();
+        let asked = asked.lock().unwrap();
+        assert_eq!(asked.len(), 3, "{asked:?}");
+        for patch in &asked[..2] {
+            assert!(
+                patch.starts_with("PATCH /api/v1/namespaces/ns/pods/p?")
+                    && patch.ends_with(METADATA_ONLY),
+                "{patch}"
+            );
+        }
+        assert!(
+            asked[2].starts_with("DELETE /api/v1/namespaces/ns/pods/p?"),
+            "{}",
+            asked[2]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pod_write_the_apiserver_refused_still_fails() {
+        let refused = r#"{"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                          "message": "pods \"p\" not found", "reason": "NotFound", "code": 404}"#;
+        let service = tower::service_fn(move |_: http::Request<kube::client::Body>| {
+            let mut answer =
+                http::Response::new(kube::client::Body::from(refused.as_bytes().to_vec()));
+            *answer.status_mut() = http::StatusCode::NOT_FOUND;
+            async move { Ok::<_, std::convert::Infallible>(answer) }
+        });
+        let api: Api<Pod> = Api::namespaced(Client::new(service, "ns"), "ns");
+        let error = remove_finalizer(&api, "p").await.unwrap_err();
+        assert_eq!(code_of(&error), Some(404));
+        let error = delete_unread(&api, "p", &DeleteParams::default())
+            .await
+            .unwrap_err();
+        assert!(is_not_found(&error));
+    }
 
     #[test]
     fn one_event_names_the_pods_of_a_call() {

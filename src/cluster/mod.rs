@@ -2,6 +2,8 @@
 //! its own writes, status batching, the selector watches. Reads and remembers; never writes.
 
 pub mod expectations;
+pub mod lenient;
+pub mod lenient_time;
 pub mod pod_decode;
 pub mod pod_index;
 pub mod selector_watches;

@@ -6,19 +6,25 @@
 //! watch's JSON, whose other fields the JSON reader skips without building them (decoding
 //! full pods cost more CPU than planning did for a Job of thousands of pods). A finished
 //! pod stays cached until its Job is gone, so every byte kept is kept per completion.
+//!
+//! Every time the watch decodes is read with [`lenient_time`]: a node's clock can write a
+//! time in the last hours of year 9999, which the apiserver holds but k8s-openapi's `Time`
+//! does not, and one such pod would fail every list and watch of pods it comes in.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
-    Pod, PodCondition, PodSpec, PodStatus,
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodSpec, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::Resource;
 use kube::runtime::watcher::Event;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+use crate::cluster::lenient_time;
 
 /// A pod as the pod watch decodes it; `.0` is what [`slim_pod`] makes of the full pod.
 #[derive(Clone, Debug)]
@@ -50,11 +56,11 @@ struct Wire {
 struct Meta {
     #[serde(default)]
     annotations: Option<BTreeMap<String, String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_time::option_time")]
     creation_timestamp: Option<Time>,
     #[serde(default)]
     deletion_grace_period_seconds: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_time::option_time")]
     deletion_timestamp: Option<Time>,
     #[serde(default)]
     finalizers: Option<Vec<String>>,
@@ -106,7 +112,7 @@ struct Status {
     phase: Option<String>,
     #[serde(default)]
     reason: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "slim_conditions")]
     conditions: Option<Vec<PodCondition>>,
     #[serde(default)]
     container_statuses: Option<Vec<ContainerOutcome>>,
@@ -120,8 +126,99 @@ struct ContainerOutcome {
     name: String,
     #[serde(default)]
     restart_count: i32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "slim_container_state")]
     state: Option<ContainerState>,
+}
+
+/// What [`Status`] keeps of a pod condition, as the watch decodes it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConditionWire {
+    #[serde(rename = "type")]
+    type_: String,
+    status: String,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default, deserialize_with = "lenient_time::option_time")]
+    last_transition_time: Option<Time>,
+}
+
+fn slim_conditions<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<PodCondition>>, D::Error> {
+    let conditions = Option::<Vec<ConditionWire>>::deserialize(deserializer)?;
+    Ok(conditions.map(|list| {
+        list.into_iter()
+            .map(|c| PodCondition {
+                type_: c.type_,
+                status: c.status,
+                reason: c.reason,
+                last_transition_time: c.last_transition_time,
+                ..PodCondition::default()
+            })
+            .collect()
+    }))
+}
+
+/// What [`slim_state`] keeps of a container's state, as the watch decodes it.
+#[derive(Deserialize)]
+struct StateWire {
+    #[serde(default)]
+    running: Option<RunningWire>,
+    #[serde(default)]
+    terminated: Option<TerminatedWire>,
+    #[serde(default)]
+    waiting: Option<WaitingWire>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunningWire {
+    #[serde(default, deserialize_with = "lenient_time::option_time")]
+    started_at: Option<Time>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TerminatedWire {
+    exit_code: i32,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    signal: Option<i32>,
+    #[serde(default, deserialize_with = "lenient_time::option_time")]
+    started_at: Option<Time>,
+    #[serde(default, deserialize_with = "lenient_time::option_time")]
+    finished_at: Option<Time>,
+}
+
+#[derive(Deserialize)]
+struct WaitingWire {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn slim_container_state<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<ContainerState>, D::Error> {
+    let state = Option::<StateWire>::deserialize(deserializer)?;
+    Ok(state.map(|s| ContainerState {
+        running: s.running.map(|r| ContainerStateRunning {
+            started_at: r.started_at,
+        }),
+        terminated: s.terminated.map(|t| ContainerStateTerminated {
+            exit_code: t.exit_code,
+            finished_at: t.finished_at,
+            reason: t.reason,
+            signal: t.signal,
+            started_at: t.started_at,
+            ..ContainerStateTerminated::default()
+        }),
+        waiting: s.waiting.map(|w| ContainerStateWaiting {
+            reason: w.reason,
+            message: None,
+        }),
+    }))
 }
 
 impl From<PodStatus> for Status {
@@ -335,6 +432,7 @@ impl Resource for WatchedPod {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::jiff::Timestamp;
 
     /// A pod as the apiserver sends it, with the parts the decoder drops.
     const FULL: &str = r#"{
@@ -464,6 +562,52 @@ mod tests {
         let sidecar = &status.init_container_statuses.unwrap()[0];
         assert_eq!(sidecar.restart_count, 1);
         assert!(sidecar.state.as_ref().unwrap().running.is_some());
+    }
+
+    #[test]
+    fn times_of_the_last_day_of_year_9999_read_as_the_last_timestamp() {
+        let last_day = "9999-12-31T23:59:59Z";
+        let text = FULL
+            .replace("2026-11-27T04:01:00Z", last_day)
+            .replace("2026-11-27T04:00:30Z", last_day)
+            .replace("2026-11-27T04:00:02Z", last_day)
+            .replace(
+                "\"lastProbeTime\": null",
+                "\"lastProbeTime\": \"9999-12-31T23:00:00Z\"",
+            );
+        assert!(
+            serde_json::from_str::<Pod>(&text).is_err(),
+            "the full Pod fails"
+        );
+        let WatchedPod(pod) = serde_json::from_str(&text).unwrap();
+        let last = Some(Time(Timestamp::MAX));
+        assert_eq!(pod.metadata.deletion_timestamp, last);
+        assert_eq!(
+            pod.metadata.creation_timestamp,
+            Some(Time("2026-11-27T04:00:00Z".parse().unwrap()))
+        );
+        let status = pod.status.unwrap();
+        let conditions = status.conditions.unwrap();
+        assert_eq!(conditions[0].last_transition_time, last);
+        assert!(conditions[0].last_probe_time.is_none());
+        let container = &status.container_statuses.unwrap()[0];
+        let terminated = container.state.clone().unwrap().terminated.unwrap();
+        assert_eq!(
+            (terminated.started_at, terminated.finished_at),
+            (last.clone(), last.clone())
+        );
+        assert_eq!(terminated.exit_code, 3);
+        let sidecar = &status.init_container_statuses.unwrap()[0];
+        assert_eq!(
+            sidecar.state.clone().unwrap().running.unwrap().started_at,
+            last
+        );
+    }
+
+    #[test]
+    fn a_malformed_time_still_fails_the_pod() {
+        let text = FULL.replace("2026-11-27T04:00:30Z", "soon");
+        assert!(serde_json::from_str::<WatchedPod>(&text).is_err());
     }
 
     #[test]

@@ -18,6 +18,8 @@ use tracing::{debug, info, warn};
 
 use super::{Context, Ownership};
 use crate::act::execute;
+use crate::cluster::lenient::Lenient;
+use crate::cluster::pod_decode::WatchedPod;
 use crate::cluster::pod_index::{controller_of, selector_of};
 use crate::plan::pods::has_tracking_finalizer;
 use crate::plan::status;
@@ -168,8 +170,8 @@ async fn why_no_job_counts(
     name: &str,
     uid: &str,
 ) -> Result<Option<&'static str>, kube::Error> {
-    let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
-    let reason = match api.get_opt(name).await? {
+    let api: Api<Lenient<Job>> = Api::namespaced(ctx.client.clone(), ns);
+    let reason = match api.get_opt(name).await?.map(|j| j.0) {
         None => Some("its Job is gone"),
         Some(job) if job.uid().as_deref() != Some(uid) => Some("its Job is gone"),
         // Another controller's Job: its pods are that controller's business.
@@ -282,10 +284,11 @@ async fn release_pods_that_left_the_selector(
         if job.uid().as_deref() != Some(owner.uid.as_str()) {
             continue;
         }
-        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        // Read as the pod watch reads pods: slim, times read leniently.
+        let api: Api<WatchedPod> = Api::namespaced(client.clone(), &ns);
         let key = format!("{ns}/{}", pod.name_any());
         let live = match api.get_opt(&pod.name_any()).await {
-            Ok(Some(live)) => live,
+            Ok(Some(WatchedPod(live))) => live,
             Ok(None) => continue,
             Err(e) => {
                 warn!(pod = %key, error = %e, "could not read a pod that left the Job's selector");

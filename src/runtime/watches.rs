@@ -19,11 +19,15 @@ use super::{Context, Ownership, Pending};
 
 /// Where the watches send what may have left pods holding the finalizer with no Job.
 pub(super) type OrphanHints = mpsc::UnboundedSender<OrphanHint>;
+use crate::cluster::lenient::{Lenient, unwrap_event};
 use crate::cluster::pod_decode::{WatchedPod, unwrap_watched};
 use crate::cluster::pod_index::{PodIndex, controller_of, selector_of};
 
 /// The APIs the Job and pod watches list.
-pub(super) fn apis(client: &Client, namespaces: &HashSet<String>) -> (Api<Job>, Api<WatchedPod>) {
+pub(super) fn apis(
+    client: &Client,
+    namespaces: &HashSet<String>,
+) -> (Api<Lenient<Job>>, Api<WatchedPod>) {
     // One namespace: a namespaced watch. Several: watch all and keep those.
     let single_ns = (namespaces.len() == 1)
         .then(|| namespaces.iter().next().cloned())
@@ -38,9 +42,11 @@ pub(super) fn apis(client: &Client, namespaces: &HashSet<String>) -> (Api<Job>, 
 }
 
 /// The Job watch: our Jobs only, slimmed, into the Job store; our deleted Jobs to
-/// `deleted`, each (re)list to `orphans`; each Job it applies counted as pending.
+/// `deleted`, each (re)list to `orphans`; each Job it applies counted as pending. Jobs are
+/// decoded [`Lenient`]: one Job whose status another writer gave a time of year 9999's
+/// last day would otherwise fail the watch and every relist.
 pub(super) fn job_watch(
-    api: Api<Job>,
+    api: Api<Lenient<Job>>,
     config: watcher::Config,
     writer: Writer<Job>,
     ownership: Ownership,
@@ -53,6 +59,7 @@ pub(super) fn job_watch(
     let managed_jobs = ctx.metrics.managed_jobs.clone();
     watcher(api, config)
         .default_backoff()
+        .map_ok(unwrap_event)
         .filter_map(ours_only(ownership, deleted))
         .modify(slim_job)
         .reflect(writer)

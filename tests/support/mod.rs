@@ -19,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use jobkeeper::cluster::lenient::Lenient;
 use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus};
 use k8s_openapi::api::core::v1::{
     Container, Namespace, Pod, PodCondition, PodSpec, PodTemplateSpec,
@@ -378,15 +379,17 @@ impl TestEnv {
     }
 
     /// The Job's pods (by its job-name label, or for a manualSelector Job, whose pods lack
-    /// that label, by their controller), oldest first, then by index and name.
+    /// that label, by their controller), oldest first, then by index and name. Read
+    /// leniently: a pod may hold a time past what k8s-openapi's `Time` holds.
     pub async fn pods_of(&self, job: &str) -> Vec<Pod> {
-        let mut pods: Vec<Pod> = self
-            .pods()
+        let pods: Api<Lenient<Pod>> = Api::namespaced(self.client.clone(), &self.ns);
+        let mut pods: Vec<Pod> = pods
             .list(&ListParams::default())
             .await
             .expect("listing pods")
             .items
             .into_iter()
+            .map(|p| p.0)
             .filter(|p| {
                 p.labels()
                     .get("batch.kubernetes.io/job-name")
@@ -474,6 +477,47 @@ impl TestEnv {
             }
             Err(e) => panic!("patching the status of pod {}: {e}", pod.name_any()),
         }
+    }
+
+    /// Merge-patches the status of this namespace's `kind` object (`"pods"` or `"jobs"`)
+    /// `name` with raw JSON and reads the answer as JSON, not as the typed object: for
+    /// values the apiserver holds and k8s-openapi's types do not (a time on the last day
+    /// of year 9999).
+    pub async fn merge_patch_status_raw(&self, kind: &str, name: &str, status: serde_json::Value) {
+        let group = if kind == "jobs" {
+            "apis/batch/v1"
+        } else {
+            "api/v1"
+        };
+        let url = format!("/{group}/namespaces/{}/{kind}/{name}/status", self.ns);
+        let request = http::Request::patch(url)
+            .header("Content-Type", "application/merge-patch+json")
+            .body(serde_json::to_vec(&json!({ "status": status })).expect("status json"))
+            .expect("status patch request");
+        let _: serde_json::Value = self
+            .client
+            .request(request)
+            .await
+            .unwrap_or_else(|e| panic!("patching the status of {kind}/{name}: {e}"));
+    }
+
+    /// Fails `pod` with its container's finishedAt (and the Ready=False transition, both
+    /// written with the node's clock) at `finished_at`, sent raw: a time past
+    /// 9999-12-30T22:00Z is valid to the apiserver but not to the typed client.
+    pub async fn fail_finished_at(&self, pod: &Pod, finished_at: &str) {
+        let status = json!({
+            "phase": "Failed",
+            "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted",
+                            "lastTransitionTime": finished_at}],
+            "containerStatuses": [{
+                "name": "main", "image": "registry.k8s.io/e2e-test-images/agnhost:2.53",
+                "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 1, "reason": "Error",
+                                         "startedAt": finished_at, "finishedAt": finished_at}},
+            }],
+        });
+        self.merge_patch_status_raw("pods", &pod.name_any(), status)
+            .await;
     }
 
     /// Running and Ready.
