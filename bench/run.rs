@@ -20,7 +20,7 @@ use crate::Args;
 use crate::ceiling::Ceiling;
 use crate::cluster::{Cluster, Jobkeeper, Limit, Settings};
 use crate::procfs::{self, PeakSampler};
-use crate::watch::{Injection, Recorder};
+use crate::watch::{Injection, Recorder, State};
 use crate::workload::{CEILING_MANAGER, Workload};
 
 pub const JOBKEEPER_MANAGER: &str = "jobkeeper.dev/job-controller";
@@ -266,17 +266,114 @@ async fn run_one(
         per_job: w.fail_per_job,
     });
     let rec = Recorder::start(admin.clone(), &ns, injection).await;
-    let apiserver = cluster.pid("kube-apiserver").ok();
-    let etcd = cluster.pid("etcd").ok();
-    let cpu = |pid: Option<u32>| pid.and_then(procfs::cpu_seconds);
-    let cpu_before = (cpu(controller), cpu(apiserver), cpu(etcd));
-    let sampler = controller.map(PeakSampler::start);
+    let meters = Meters::start(cluster, controller);
     let loadavg_before = loadavg();
     info!(limit = %limit.label(), workload = %w.name, side, load = %loadavg_before, "run starting");
 
     let start_wall = Timestamp::now();
     let t0 = rec.now_ms();
-    let jobs_api: Api<Job> = Api::namespaced(admin.clone(), &ns);
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+    let writers = create_jobs(cluster, &ns, w, side, args).await?;
+    let waited = wait_for_jobs(&rec, writers, deadline, w.jobs).await?;
+    let usage = meters.finish();
+    // Let trailing writes (events, the last finalizer patches) land inside the window.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let end_wall = Timestamp::now();
+
+    rec.stop();
+    let state = std::mem::take(&mut *rec.state.lock().expect("state lock"));
+    let tally = Tally::of(&state, side, t0);
+    let result = RunResult {
+        limit: limit.label(),
+        workload: w.clone(),
+        side: side.into(),
+        namespace: ns.clone(),
+        start_wall: start_wall.to_string(),
+        end_wall: end_wall.to_string(),
+        timed_out: waited.timed_out,
+        loadavg_before,
+        wall_s: (waited.finish_ms(side, tally.last_finished_ms) - t0) / 1000.0,
+        jobs_complete: tally.jobs_complete,
+        jobs_failed: tally.jobs_failed,
+        pods_succeeded: tally.pods_succeeded,
+        pods_failed: tally.pods_failed,
+        pods_seen: state.pods_seen,
+        pod_latency_ms: tally.pod_latency_ms,
+        complete_latency_ms: tally.complete_latency_ms,
+        completions: tally.completions,
+        controller_cpu_s: usage.controller_cpu_s,
+        controller_peak_rss: usage.controller_peak_rss,
+        apiserver_cpu_s: usage.apiserver_cpu_s,
+        etcd_cpu_s: usage.etcd_cpu_s,
+        max_status_bytes: tally.max_status_bytes,
+        max_object_bytes: tally.max_object_bytes,
+        api: BTreeMap::new(),
+        api_errors: BTreeMap::new(),
+        api_cluster: BTreeMap::new(),
+    };
+    cleanup_retrying(&admin, &ns).await;
+    Ok(result)
+}
+
+/// CPU time of the controller, kube-apiserver and etcd, and the controller's peak RSS,
+/// from the start of a run to its end.
+struct Meters {
+    controller: Option<u32>,
+    apiserver: Option<u32>,
+    etcd: Option<u32>,
+    cpu_before: [Option<f64>; 3],
+    sampler: Option<PeakSampler>,
+}
+
+/// What the processes used during a run.
+struct Usage {
+    controller_cpu_s: Option<f64>,
+    controller_peak_rss: Option<u64>,
+    apiserver_cpu_s: Option<f64>,
+    etcd_cpu_s: Option<f64>,
+}
+
+impl Meters {
+    fn start(cluster: &Cluster, controller: Option<u32>) -> Meters {
+        let mut meters = Meters {
+            controller,
+            apiserver: cluster.pid("kube-apiserver").ok(),
+            etcd: cluster.pid("etcd").ok(),
+            cpu_before: [None; 3],
+            sampler: None,
+        };
+        meters.cpu_before = meters.cpu_now();
+        meters.sampler = controller.map(PeakSampler::start);
+        meters
+    }
+
+    fn cpu_now(&self) -> [Option<f64>; 3] {
+        [self.controller, self.apiserver, self.etcd].map(|pid| pid.and_then(procfs::cpu_seconds))
+    }
+
+    fn finish(self) -> Usage {
+        let cpu_after = self.cpu_now();
+        let controller_peak_rss = self.sampler.map(PeakSampler::finish);
+        let delta = |i: usize| self.cpu_before[i].zip(cpu_after[i]).map(|(a, b)| b - a);
+        Usage {
+            controller_cpu_s: delta(0),
+            controller_peak_rss,
+            apiserver_cpu_s: delta(1),
+            etcd_cpu_s: delta(2),
+        }
+    }
+}
+
+/// Creates the workload's Jobs, at its rate or all at once. On the ceiling's side a writer
+/// per Job takes it to Complete; the returned set holds those writers.
+async fn create_jobs(
+    cluster: &Cluster,
+    ns: &str,
+    w: &Workload,
+    side: &str,
+    args: &Args,
+) -> anyhow::Result<JoinSet<anyhow::Result<()>>> {
+    let jobs_api: Api<Job> = Api::namespaced(cluster.admin.clone(), ns);
     let managed_by = match side {
         "kcm" => None,
         "jobkeeper" => Some(JOBKEEPER_MANAGER),
@@ -290,8 +387,6 @@ async fn run_one(
         )
     });
     let mut writers = JoinSet::new();
-    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
-
     let create = |i: u32| {
         let jobs_api = jobs_api.clone();
         let job = w.job(i, managed_by);
@@ -323,6 +418,37 @@ async fn run_one(
             }
         }
     }
+    Ok(writers)
+}
+
+/// When a run's waiting ended, on the watcher's clock.
+struct Waited {
+    writers_done_ms: f64,
+    timed_out: bool,
+    end_ms: f64,
+}
+
+impl Waited {
+    /// When the run counts as finished: its last Job (for the ceiling, also its last
+    /// writer), or the deadline.
+    fn finish_ms(&self, side: &str, last_finished_ms: f64) -> f64 {
+        if self.timed_out {
+            self.end_ms
+        } else if side == "ceiling" {
+            last_finished_ms.max(self.writers_done_ms)
+        } else {
+            last_finished_ms
+        }
+    }
+}
+
+/// Waits, until the deadline, for the ceiling's writers and then for every Job to finish.
+async fn wait_for_jobs(
+    rec: &Recorder,
+    mut writers: JoinSet<anyhow::Result<()>>,
+    deadline: Instant,
+    jobs: u32,
+) -> anyhow::Result<Waited> {
     while let Some(done) = tokio::time::timeout_at(deadline.into(), writers.join_next())
         .await
         .ok()
@@ -332,33 +458,65 @@ async fn run_one(
     }
     let writers_done_ms = rec.now_ms();
     let mut finished = rec.finished.subscribe();
-    let timed_out = tokio::time::timeout_at(deadline.into(), finished.wait_for(|n| *n >= w.jobs))
+    let timed_out = tokio::time::timeout_at(deadline.into(), finished.wait_for(|n| *n >= jobs))
         .await
         .is_err();
-    let end_ms = rec.now_ms();
-    let cpu_after = (cpu(controller), cpu(apiserver), cpu(etcd));
-    let peak_rss = sampler.map(PeakSampler::finish);
-    // Let trailing writes (events, the last finalizer patches) land inside the window.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let end_wall = Timestamp::now();
+    Ok(Waited {
+        writers_done_ms,
+        timed_out,
+        end_ms: rec.now_ms(),
+    })
+}
 
-    rec.stop();
-    let state = std::mem::take(&mut *rec.state.lock().expect("state lock"));
-    let last_complete = state
-        .jobs
-        .values()
-        .filter_map(|j| j.complete_ms.or(j.failed_ms))
-        .fold(t0, f64::max);
-    let finish_ms = if timed_out {
-        end_ms
-    } else if side == "ceiling" {
-        last_complete.max(writers_done_ms)
-    } else {
-        last_complete
-    };
+/// What the watcher saw of a run's Jobs and pods, as the figures of its result.
+struct Tally {
+    /// When the last Job finished (Complete or Failed), or t0 if none did.
+    last_finished_ms: f64,
+    jobs_complete: u32,
+    jobs_failed: u32,
+    pods_succeeded: u64,
+    pods_failed: u64,
+    pod_latency_ms: Vec<f64>,
+    complete_latency_ms: Vec<f64>,
+    completions: Vec<(f64, u64)>,
+    max_status_bytes: usize,
+    max_object_bytes: usize,
+}
+
+impl Tally {
+    fn of(state: &State, side: &str, t0: f64) -> Tally {
+        let jobs = || state.jobs.values();
+        let (pod_latency_ms, complete_latency_ms) = if side == "ceiling" {
+            (Vec::new(), Vec::new())
+        } else {
+            latencies(state)
+        };
+        let final_counts = jobs().filter_map(|j| j.counted.last());
+        let (pods_succeeded, pods_failed) = final_counts
+            .fold((0u64, 0u64), |(s, f), &(_, a, b)| {
+                (s + u64::from(a), f + u64::from(b))
+            });
+        Tally {
+            last_finished_ms: jobs()
+                .filter_map(|j| j.complete_ms.or(j.failed_ms))
+                .fold(t0, f64::max),
+            jobs_complete: jobs().filter(|j| j.complete_ms.is_some()).count() as u32,
+            jobs_failed: jobs().filter(|j| j.failed_ms.is_some()).count() as u32,
+            pods_succeeded,
+            pods_failed,
+            pod_latency_ms,
+            complete_latency_ms,
+            completions: completions(state, t0),
+            max_status_bytes: jobs().map(|j| j.max_status_bytes).max().unwrap_or(0),
+            max_object_bytes: jobs().map(|j| j.max_object_bytes).max().unwrap_or(0),
+        }
+    }
+}
+
+/// Pod done → counted for every pod, and last pod → Complete for every Job.
+fn latencies(state: &State) -> (Vec<f64>, Vec<f64>) {
     let mut pod_latency = Vec::new();
     let mut complete_latency = Vec::new();
-    let mut increments = Vec::new();
     for (name, job) in &state.jobs {
         let mut terminal: Vec<f64> = state
             .pods
@@ -367,19 +525,23 @@ async fn run_one(
             .filter_map(|p| p.terminal_ms)
             .collect();
         terminal.sort_by(f64::total_cmp);
-        if side != "ceiling" {
-            // The k-th pod to finish is counted when the counters first reach k.
-            for (k, t) in terminal.iter().enumerate() {
-                if let Some(&(at, _, _)) =
-                    job.counted.iter().find(|&&(_, s, f)| (s + f) as usize > k)
-                {
-                    pod_latency.push((at - t).max(0.0));
-                }
-            }
-            if let (Some(done), Some(last)) = (job.complete_ms, terminal.last()) {
-                complete_latency.push((done - last).max(0.0));
+        // The k-th pod to finish is counted when the counters first reach k.
+        for (k, t) in terminal.iter().enumerate() {
+            if let Some(&(at, _, _)) = job.counted.iter().find(|&&(_, s, f)| (s + f) as usize > k) {
+                pod_latency.push((at - t).max(0.0));
             }
         }
+        if let (Some(done), Some(last)) = (job.complete_ms, terminal.last()) {
+            complete_latency.push((done - last).max(0.0));
+        }
+    }
+    (pod_latency, complete_latency)
+}
+
+/// (seconds since t0, pods counted as succeeded in all Job statuses) at every increase.
+fn completions(state: &State, t0: f64) -> Vec<(f64, u64)> {
+    let mut increments = Vec::new();
+    for job in state.jobs.values() {
         let mut previous = 0u32;
         for &(at, s, _) in &job.counted {
             if s > previous {
@@ -390,68 +552,21 @@ async fn run_one(
     }
     increments.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut total = 0;
-    let completions = increments
+    increments
         .into_iter()
         .map(|(at, n)| {
             total += n;
             ((at - t0) / 1000.0, total)
         })
-        .collect();
-    let final_counts = state.jobs.values().filter_map(|j| j.counted.last());
-    let (pods_succeeded, pods_failed) = final_counts.fold((0u64, 0u64), |(s, f), &(_, a, b)| {
-        (s + u64::from(a), f + u64::from(b))
-    });
-    let delta = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| b - a);
-    let result = RunResult {
-        limit: limit.label(),
-        workload: w.clone(),
-        side: side.into(),
-        namespace: ns.clone(),
-        start_wall: start_wall.to_string(),
-        end_wall: end_wall.to_string(),
-        timed_out,
-        loadavg_before,
-        wall_s: (finish_ms - t0) / 1000.0,
-        jobs_complete: state
-            .jobs
-            .values()
-            .filter(|j| j.complete_ms.is_some())
-            .count() as u32,
-        jobs_failed: state
-            .jobs
-            .values()
-            .filter(|j| j.failed_ms.is_some())
-            .count() as u32,
-        pods_succeeded,
-        pods_failed,
-        pods_seen: state.pods_seen,
-        pod_latency_ms: pod_latency,
-        complete_latency_ms: complete_latency,
-        completions,
-        controller_cpu_s: delta(cpu_before.0, cpu_after.0),
-        controller_peak_rss: peak_rss,
-        apiserver_cpu_s: delta(cpu_before.1, cpu_after.1),
-        etcd_cpu_s: delta(cpu_before.2, cpu_after.2),
-        max_status_bytes: state
-            .jobs
-            .values()
-            .map(|j| j.max_status_bytes)
-            .max()
-            .unwrap_or(0),
-        max_object_bytes: state
-            .jobs
-            .values()
-            .map(|j| j.max_object_bytes)
-            .max()
-            .unwrap_or(0),
-        api: BTreeMap::new(),
-        api_errors: BTreeMap::new(),
-        api_cluster: BTreeMap::new(),
-    };
-    // A loaded apiserver may time out a 10,000-pod delete: try again, and never lose the
-    // measured run for it (the next run has a namespace of its own).
+        .collect()
+}
+
+/// Cleans the run's namespace up, trying again a few times. A loaded apiserver may time
+/// out a 10,000-pod delete; the measured run is never lost for it (the next run has a
+/// namespace of its own).
+async fn cleanup_retrying(admin: &kube::Client, ns: &str) {
     let mut attempt = 0;
-    while let Err(e) = cleanup(&admin, &ns).await {
+    while let Err(e) = cleanup(admin, ns).await {
         attempt += 1;
         if attempt == 5 {
             tracing::warn!(namespace = %ns, error = %e, "could not clean the run's namespace up; going on");
@@ -460,7 +575,6 @@ async fn run_one(
         tracing::warn!(namespace = %ns, error = %e, attempt, "cleaning up failed; retrying");
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
-    Ok(result)
 }
 
 /// Deletes the run's Jobs and pods so the next run starts from empty caches.
@@ -507,4 +621,87 @@ async fn cleanup(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     bail!("pods of {ns} still there two minutes after deletion")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watch::{JobRecord, PodRecord};
+
+    /// The watcher's state for Jobs whose pods finished at the given times.
+    fn state_with(jobs: &[(&str, &[f64], JobRecord)]) -> State {
+        let mut state = State::default();
+        for (name, terminal, record) in jobs {
+            for (i, t) in terminal.iter().enumerate() {
+                state.pods.insert(
+                    format!("{name}-{i}"),
+                    PodRecord {
+                        job: name.to_string(),
+                        terminal_ms: Some(*t),
+                        failed: false,
+                    },
+                );
+            }
+            state.jobs.insert(name.to_string(), record.clone());
+        }
+        state
+    }
+
+    #[test]
+    fn kth_pod_to_finish_is_counted_when_the_counters_first_reach_k() {
+        let record = JobRecord {
+            counted: vec![(0.0, 0, 0), (130.0, 1, 0), (170.0, 2, 1)],
+            complete_ms: Some(200.0),
+            ..JobRecord::default()
+        };
+        let state = state_with(&[("a", &[150.0, 100.0, 160.0], record)]);
+        let (pod_latency, complete_latency) = latencies(&state);
+        assert_eq!(pod_latency, vec![30.0, 20.0, 10.0]);
+        assert_eq!(complete_latency, vec![40.0]);
+    }
+
+    #[test]
+    fn completions_add_up_every_jobs_succeeded_increases_in_time_order() {
+        let a = JobRecord {
+            counted: vec![(1000.0, 1, 0), (3000.0, 1, 1), (4000.0, 3, 1)],
+            ..JobRecord::default()
+        };
+        let b = JobRecord {
+            counted: vec![(2000.0, 2, 0)],
+            ..JobRecord::default()
+        };
+        let state = state_with(&[("a", &[], a), ("b", &[], b)]);
+        assert_eq!(
+            completions(&state, 500.0),
+            vec![(0.5, 1), (1.5, 3), (3.5, 5)]
+        );
+    }
+
+    #[test]
+    fn ceiling_runs_have_no_latencies_and_finish_with_their_last_writer() {
+        let record = JobRecord {
+            counted: vec![(130.0, 1, 0)],
+            complete_ms: Some(140.0),
+            ..JobRecord::default()
+        };
+        let state = state_with(&[("a", &[100.0], record)]);
+        let tally = Tally::of(&state, "ceiling", 0.0);
+        assert!(tally.pod_latency_ms.is_empty() && tally.complete_latency_ms.is_empty());
+        assert_eq!((tally.jobs_complete, tally.pods_succeeded), (1, 1));
+        let waited = Waited {
+            writers_done_ms: 180.0,
+            timed_out: false,
+            end_ms: 190.0,
+        };
+        assert_eq!(waited.finish_ms("ceiling", tally.last_finished_ms), 180.0);
+        assert_eq!(waited.finish_ms("jobkeeper", tally.last_finished_ms), 140.0);
+        let timed_out = Waited {
+            timed_out: true,
+            ..waited
+        };
+        assert_eq!(
+            timed_out.finish_ms("jobkeeper", tally.last_finished_ms),
+            190.0
+        );
+    }
 }
