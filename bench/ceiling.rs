@@ -6,6 +6,7 @@
 //! own pods, which no node runs: after the same start and run delays as kwok's, one pod
 //! status write marks a pod done (that write is the driver's, not the controller's).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::workload::{BENCH_LABEL, Workload};
 
@@ -134,82 +136,30 @@ impl Ceiling {
     /// Takes one Job from created to Complete with the minimum of calls.
     pub async fn run_job(self: Arc<Self>, job: Job) -> anyhow::Result<()> {
         let ns = job.namespace().unwrap_or_default();
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &ns);
-        let w = &self.workload;
-        let total = w.completions;
-        let parallelism = w.parallelism.min(total);
         let start_time = now();
-
-        let mut running = JoinSet::new();
-        let mut names = Vec::new();
-        let mut spawn = |index: u32, attempt: u32, delay: Duration, running: &mut JoinSet<_>| {
-            let fail = attempt == 0 && index < w.fail_per_job;
-            let pod = self.pod(&job, index, attempt);
-            names.push(pod.name_any());
-            running.spawn(self.clone().run_pod(pods.clone(), pod, index, fail, delay));
-        };
-        for index in 0..parallelism {
-            spawn(index, 0, Duration::ZERO, &mut running);
-        }
-        let mut next_index = parallelism;
+        let mut pods = JobPods::new(self.clone(), job, &ns);
+        let parallelism = pods.start_first();
+        // The final status write builds on this one's resourceVersion.
         let job = self
             .write_status(
                 &jobs,
-                &job,
+                &pods.job,
                 json!({ "startTime": start_time, "active": parallelism, "ready": 0 }),
             )
             .await?;
-
-        let (mut succeeded, mut failed, mut failures_since_success) = (0u32, 0u32, 0u32);
-        let mut last_success: Option<tokio::time::Instant> = None;
-        let mut attempts = std::collections::HashMap::<u32, u32>::new();
-        while succeeded < total {
-            let first = running
-                .join_next()
-                .await
-                .context("no pod left to wait for")???;
-            let first_failed = first.1;
-            let mut batch = vec![first];
-            if first_failed {
-                // Gather the pods finishing with this one before deciding the backoff.
-                let until = tokio::time::Instant::now() + Duration::from_millis(200);
-                while let Ok(Some(next)) = tokio::time::timeout_at(until, running.join_next()).await
-                {
-                    batch.push(next??);
-                }
-            }
-            let now = tokio::time::Instant::now();
-            if batch.iter().any(|(_, failed, _)| !failed) {
-                last_success = Some(now);
-                failures_since_success = 0;
-            }
-            for (index, pod_failed, _) in batch {
-                if pod_failed {
-                    failed += 1;
-                    // Upstream counts only failures that finished after the last success,
-                    // at the one-second precision of pod finish times.
-                    if last_success.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-                    {
-                        failures_since_success += 1;
-                    }
-                    let attempt = attempts.entry(index).or_default();
-                    *attempt += 1;
-                    let delay = if failures_since_success == 0 {
-                        Duration::ZERO
-                    } else {
-                        failure_backoff(failures_since_success)
-                    };
-                    spawn(index, *attempt, delay, &mut running);
-                } else {
-                    succeeded += 1;
-                    if next_index < total {
-                        spawn(next_index, 0, Duration::ZERO, &mut running);
-                        next_index += 1;
-                    }
-                }
-            }
+        while pods.succeeded < self.workload.completions {
+            let batch = pods.next_finished().await?;
+            pods.count_and_refill(batch);
         }
+        let status = self.complete_status(&start_time, pods.succeeded, pods.failed);
+        self.write_status(&jobs, &job, status).await?;
+        self.remove_finalizers(&pods.api, pods.names).await
+    }
+
+    /// The status of a Job whose pods all succeeded, as the job controller writes it.
+    fn complete_status(&self, start_time: &str, succeeded: u32, failed: u32) -> serde_json::Value {
+        let total = self.workload.completions;
         let done = now();
         let condition = |type_: &str| {
             json!({
@@ -225,15 +175,22 @@ impl Ceiling {
             "succeeded": succeeded, "failed": failed,
             "conditions": [condition("SuccessCriteriaMet"), condition("Complete")],
         });
-        if w.indexed {
+        if self.workload.indexed {
             status["completedIndexes"] = json!(if total == 1 {
                 "0".to_string()
             } else {
                 format!("0-{}", total - 1)
             });
         }
-        self.write_status(&jobs, &job, status).await?;
+        status
+    }
 
+    /// Removes the tracking finalizer from every pod the Job had.
+    async fn remove_finalizers(
+        self: &Arc<Self>,
+        pods: &Api<Pod>,
+        names: Vec<String>,
+    ) -> anyhow::Result<()> {
         let results: Vec<anyhow::Result<()>> = stream::iter(names)
             .map(|name| {
                 let pods = pods.clone();
@@ -254,5 +211,125 @@ impl Ceiling {
             .collect()
             .await;
         results.into_iter().collect()
+    }
+}
+
+/// A finished pod: its completion index, whether it failed, its name.
+type Finished = (u32, bool, String);
+
+/// The pods of one Job the ceiling runs: those in flight, every one created (their
+/// finalizers go at the end) and the counters that decide what to start next.
+struct JobPods {
+    ceiling: Arc<Ceiling>,
+    /// The Job as created, owner of every pod.
+    job: Job,
+    api: Api<Pod>,
+    running: JoinSet<anyhow::Result<Finished>>,
+    names: Vec<String>,
+    next_index: u32,
+    succeeded: u32,
+    failed: u32,
+    failures_since_success: u32,
+    last_success: Option<Instant>,
+    attempts: HashMap<u32, u32>,
+}
+
+impl JobPods {
+    fn new(ceiling: Arc<Ceiling>, job: Job, ns: &str) -> JobPods {
+        JobPods {
+            api: Api::namespaced(ceiling.client.clone(), ns),
+            ceiling,
+            job,
+            running: JoinSet::new(),
+            names: Vec::new(),
+            next_index: 0,
+            succeeded: 0,
+            failed: 0,
+            failures_since_success: 0,
+            last_success: None,
+            attempts: HashMap::new(),
+        }
+    }
+
+    /// Starts the pod of `index`; its first attempt fails if the workload says so.
+    fn start(&mut self, index: u32, attempt: u32, delay: Duration) {
+        let fail = attempt == 0 && index < self.ceiling.workload.fail_per_job;
+        let pod = self.ceiling.pod(&self.job, index, attempt);
+        self.names.push(pod.name_any());
+        let run = self
+            .ceiling
+            .clone()
+            .run_pod(self.api.clone(), pod, index, fail, delay);
+        self.running.spawn(run);
+    }
+
+    /// Starts the first `parallelism` indexes at once; returns how many.
+    fn start_first(&mut self) -> u32 {
+        let w = &self.ceiling.workload;
+        let parallelism = w.parallelism.min(w.completions);
+        for index in 0..parallelism {
+            self.start(index, 0, Duration::ZERO);
+        }
+        self.next_index = parallelism;
+        parallelism
+    }
+
+    /// The next pod to finish; after a failure, also those finishing with it.
+    async fn next_finished(&mut self) -> anyhow::Result<Vec<Finished>> {
+        let first = self
+            .running
+            .join_next()
+            .await
+            .context("no pod left to wait for")???;
+        let first_failed = first.1;
+        let mut batch = vec![first];
+        if first_failed {
+            // Gather the pods finishing with this one before deciding the backoff.
+            let until = Instant::now() + Duration::from_millis(200);
+            while let Ok(Some(next)) =
+                tokio::time::timeout_at(until, self.running.join_next()).await
+            {
+                batch.push(next??);
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Counts a batch of finished pods: a failed one is replaced after the backoff, a
+    /// succeeded one makes room for the next index.
+    fn count_and_refill(&mut self, batch: Vec<Finished>) {
+        let now = Instant::now();
+        if batch.iter().any(|(_, failed, _)| !failed) {
+            self.last_success = Some(now);
+            self.failures_since_success = 0;
+        }
+        for (index, pod_failed, _) in batch {
+            if pod_failed {
+                self.failed += 1;
+                // Upstream counts only failures that finished after the last success,
+                // at the one-second precision of pod finish times.
+                if self
+                    .last_success
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                {
+                    self.failures_since_success += 1;
+                }
+                let attempt = self.attempts.entry(index).or_default();
+                *attempt += 1;
+                let attempt = *attempt;
+                let delay = if self.failures_since_success == 0 {
+                    Duration::ZERO
+                } else {
+                    failure_backoff(self.failures_since_success)
+                };
+                self.start(index, attempt, delay);
+            } else {
+                self.succeeded += 1;
+                if self.next_index < self.ceiling.workload.completions {
+                    self.start(self.next_index, 0, Duration::ZERO);
+                    self.next_index += 1;
+                }
+            }
+        }
     }
 }
