@@ -138,8 +138,56 @@ const METRICS: &[Metric] = &[
     }),
 ];
 
+/// The three runs of one client limit and workload, any of them missing.
+#[derive(Clone, Copy)]
+struct Sides<'a> {
+    kcm: Option<&'a RunResult>,
+    jobkeeper: Option<&'a RunResult>,
+    ceiling: Option<&'a RunResult>,
+}
+
+impl<'a> Sides<'a> {
+    fn find(results: &'a [RunResult], limit: &str, workload: &str) -> Sides<'a> {
+        let get = |side| find(results, limit, workload, side);
+        Sides {
+            kcm: get("kcm"),
+            jobkeeper: get("jobkeeper"),
+            ceiling: get("ceiling"),
+        }
+    }
+
+    /// The runs there are, KCM first, then jobkeeper, then the ceiling.
+    fn present(&self) -> impl Iterator<Item = &'a RunResult> {
+        [self.kcm, self.jobkeeper, self.ceiling]
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// The whole report: how it was made, a section per client limit, the goals.
 pub fn markdown(args: &Args, results: &[RunResult]) -> String {
     let mut s = String::new();
+    write_introduction(&mut s, args, results);
+    for limit in limits_of(results) {
+        let _ = writeln!(s, "## Client limit QPS/burst {limit}\n");
+        for w in workloads_of(results) {
+            let sides = Sides::find(results, &limit, &w);
+            write_workload_heading(&mut s, &w, sides);
+            write_metrics(&mut s, sides);
+            write_api_details(&mut s, sides);
+        }
+        let slug = limit.replace('/', "-");
+        let _ = writeln!(
+            s,
+            "![pod done → counted, CDF](latency-cdf-{slug}.png)\n\n![completions over time](completions-{slug}.png)\n"
+        );
+    }
+    s += &goals(results);
+    s
+}
+
+/// The title, how the runs were made, the workloads and how to read the figures.
+fn write_introduction(s: &mut String, args: &Args, results: &[RunResult]) {
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .output()
@@ -182,114 +230,121 @@ pub fn markdown(args: &Args, results: &[RunResult]) -> String {
          pod status write per pod, as the kubelet would) while keeping parallelism and the \
          pod failure backoff.\n"
     );
-    for limit in limits_of(results) {
-        let _ = writeln!(s, "## Client limit QPS/burst {limit}\n");
-        for w in workloads_of(results) {
-            let get = |side| find(results, &limit, &w, side);
-            let (k, j, c) = (get("kcm"), get("jobkeeper"), get("ceiling"));
-            let load = [k, j, c]
-                .iter()
-                .flatten()
-                .map(|r| format!("{}: {}", r.side, r.loadavg_before))
-                .collect::<Vec<_>>()
-                .join("; ");
-            let _ = writeln!(s, "### {w} (load average before each run: {load})\n");
-            for r in [k, j, c].iter().flatten() {
-                if r.timed_out {
-                    let _ = writeln!(
-                        s,
-                        "**{} timed out**: {} of {} Jobs finished.\n",
-                        r.side,
-                        r.jobs_complete + r.jobs_failed,
-                        r.workload.jobs
-                    );
-                }
-            }
+}
+
+/// The workload's heading with the load before each run, and the runs that timed out.
+fn write_workload_heading(s: &mut String, w: &str, sides: Sides) {
+    let load = sides
+        .present()
+        .map(|r| format!("{}: {}", r.side, r.loadavg_before))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let _ = writeln!(s, "### {w} (load average before each run: {load})\n");
+    for r in sides.present() {
+        if r.timed_out {
             let _ = writeln!(
                 s,
-                "| metric | KCM | jobkeeper | jobkeeper / KCM | ceiling | jobkeeper / ceiling |"
-            );
-            let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
-            for (name, digits, f) in METRICS {
-                let (kv, jv, cv) = (k.and_then(f), j.and_then(f), c.and_then(f));
-                let _ = writeln!(
-                    s,
-                    "| {name} | {} | {} | {} | {} | {} |",
-                    num(kv, *digits),
-                    num(jv, *digits),
-                    ratio(jv, kv),
-                    num(cv, *digits),
-                    ratio(jv, cv)
-                );
-            }
-            let _ = writeln!(s);
-            let _ = writeln!(
-                s,
-                "<details><summary>API requests per Job by verb and resource</summary>\n"
-            );
-            let mut keys: BTreeMap<&str, ()> = BTreeMap::new();
-            for r in [k, j, c].iter().flatten() {
-                for key in r.api.keys().chain(r.api_errors.keys()) {
-                    keys.insert(key, ());
-                }
-            }
-            let _ = writeln!(s, "| request | KCM | jobkeeper | ceiling |");
-            let _ = writeln!(s, "|---|---:|---:|---:|");
-            for key in keys.keys() {
-                let per_job = |r: Option<&RunResult>| {
-                    r.and_then(|r| {
-                        r.api
-                            .get(*key)
-                            .or_else(|| r.api_errors.get(*key))
-                            .map(|n| *n as f64 / f64::from(r.workload.jobs))
-                    })
-                };
-                let label = if key.split(' ').count() > 2 {
-                    format!("{key} (error responses)")
-                } else {
-                    key.to_string()
-                };
-                let _ = writeln!(
-                    s,
-                    "| {label} | {} | {} | {} |",
-                    num(per_job(k), 2),
-                    num(per_job(j), 2),
-                    num(per_job(c), 2)
-                );
-            }
-            let cluster: Vec<String> = [k, j]
-                .iter()
-                .flatten()
-                .map(|r| {
-                    format!(
-                        "{}: {}",
-                        r.side,
-                        r.api_cluster
-                            .iter()
-                            .map(|(k, n)| format!("{k} ×{n}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                })
-                .collect();
-            let _ = writeln!(
-                s,
-                "\nCluster-scope requests during the run: {}\n\n</details>\n",
-                cluster.join("; ")
+                "**{} timed out**: {} of {} Jobs finished.\n",
+                r.side,
+                r.jobs_complete + r.jobs_failed,
+                r.workload.jobs
             );
         }
-        let slug = limit.replace('/', "-");
+    }
+}
+
+/// Every metric for the three sides, with jobkeeper's ratio to KCM and to the ceiling.
+fn write_metrics(s: &mut String, sides: Sides) {
+    let _ = writeln!(
+        s,
+        "| metric | KCM | jobkeeper | jobkeeper / KCM | ceiling | jobkeeper / ceiling |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    for (name, digits, f) in METRICS {
+        let (kv, jv, cv) = (
+            sides.kcm.and_then(f),
+            sides.jobkeeper.and_then(f),
+            sides.ceiling.and_then(f),
+        );
         let _ = writeln!(
             s,
-            "![pod done → counted, CDF](latency-cdf-{slug}.png)\n\n![completions over time](completions-{slug}.png)\n"
+            "| {name} | {} | {} | {} | {} | {} |",
+            num(kv, *digits),
+            num(jv, *digits),
+            ratio(jv, kv),
+            num(cv, *digits),
+            ratio(jv, cv)
         );
     }
-    s += &goals(results);
-    s
+    let _ = writeln!(s);
+}
+
+/// A folded table of API requests per Job by verb and resource, and the cluster-scope
+/// requests of both controllers.
+fn write_api_details(s: &mut String, sides: Sides) {
+    let _ = writeln!(
+        s,
+        "<details><summary>API requests per Job by verb and resource</summary>\n"
+    );
+    let mut keys: BTreeMap<&str, ()> = BTreeMap::new();
+    for r in sides.present() {
+        for key in r.api.keys().chain(r.api_errors.keys()) {
+            keys.insert(key, ());
+        }
+    }
+    let _ = writeln!(s, "| request | KCM | jobkeeper | ceiling |");
+    let _ = writeln!(s, "|---|---:|---:|---:|");
+    for key in keys.keys() {
+        let per_job = |r: Option<&RunResult>| {
+            r.and_then(|r| {
+                r.api
+                    .get(*key)
+                    .or_else(|| r.api_errors.get(*key))
+                    .map(|n| *n as f64 / f64::from(r.workload.jobs))
+            })
+        };
+        let label = if key.split(' ').count() > 2 {
+            format!("{key} (error responses)")
+        } else {
+            key.to_string()
+        };
+        let _ = writeln!(
+            s,
+            "| {label} | {} | {} | {} |",
+            num(per_job(sides.kcm), 2),
+            num(per_job(sides.jobkeeper), 2),
+            num(per_job(sides.ceiling), 2)
+        );
+    }
+    let cluster: Vec<String> = [sides.kcm, sides.jobkeeper]
+        .iter()
+        .flatten()
+        .map(|r| {
+            format!(
+                "{}: {}",
+                r.side,
+                r.api_cluster
+                    .iter()
+                    .map(|(k, n)| format!("{k} ×{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "\nCluster-scope requests during the run: {}\n\n</details>\n",
+        cluster.join("; ")
+    );
 }
 
 fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "**missed**" }
+}
+
+/// The QPS of a client limit written QPS/BURST.
+fn qps_of(limit: &str) -> Option<f64> {
+    limit.split('/').next().and_then(|q| q.parse().ok())
 }
 
 /// The issue's goals, checked against the figures above.
@@ -300,34 +355,68 @@ pub fn goals(results: &[RunResult]) -> String {
     let unthrottled = limits
         .iter()
         .max_by(|a, b| {
-            let q = |l: &String| l.split('/').next().and_then(|q| q.parse::<f64>().ok());
-            q(a).partial_cmp(&q(b)).unwrap_or(std::cmp::Ordering::Equal)
+            qps_of(a)
+                .partial_cmp(&qps_of(b))
+                .unwrap_or(std::cmp::Ordering::Equal)
         })
         .cloned()
         .unwrap_or_default();
-    for limit in &limits {
-        for w in workloads_of(results) {
-            let (Some(k), Some(j)) = (
-                find(results, limit, &w, "kcm"),
-                find(results, limit, &w, "jobkeeper"),
-            ) else {
-                continue;
-            };
-            let r = j.pods_per_s() / k.pods_per_s();
-            let _ = writeln!(
-                s,
-                "| throughput ≥ KCM's | {w} @ {limit} | {:.1} vs {:.1} pods/s (×{r:.2}) | {} |",
-                j.pods_per_s(),
-                k.pods_per_s(),
-                verdict(r >= 0.999 && !j.timed_out)
-            );
+    let controllers = both_controllers(results);
+    write_throughput_goal(&mut s, &controllers);
+    write_ceiling_goal(&mut s, results, &unthrottled);
+    write_latency_goal(&mut s, results);
+    write_requests_goal(&mut s, &controllers);
+    write_memory_goal(&mut s, &controllers);
+    write_indexed_goal(&mut s, results);
+    s
+}
+
+/// The runs of KCM and jobkeeper on the same client limit and workload.
+struct Controllers<'a> {
+    limit: String,
+    workload: String,
+    kcm: &'a RunResult,
+    jobkeeper: &'a RunResult,
+}
+
+/// Every client limit and workload that both controllers ran, in the report's order.
+fn both_controllers(results: &[RunResult]) -> Vec<Controllers<'_>> {
+    let mut pairs = Vec::new();
+    for limit in limits_of(results) {
+        for workload in workloads_of(results) {
+            let sides = Sides::find(results, &limit, &workload);
+            if let (Some(kcm), Some(jobkeeper)) = (sides.kcm, sides.jobkeeper) {
+                pairs.push(Controllers {
+                    limit: limit.clone(),
+                    workload,
+                    kcm,
+                    jobkeeper,
+                });
+            }
         }
     }
+    pairs
+}
+
+fn write_throughput_goal(s: &mut String, controllers: &[Controllers]) {
+    for c in controllers {
+        let (limit, w, k, j) = (&c.limit, &c.workload, c.kcm, c.jobkeeper);
+        let r = j.pods_per_s() / k.pods_per_s();
+        let _ = writeln!(
+            s,
+            "| throughput ≥ KCM's | {w} @ {limit} | {:.1} vs {:.1} pods/s (×{r:.2}) | {} |",
+            j.pods_per_s(),
+            k.pods_per_s(),
+            verdict(r >= 0.999 && !j.timed_out)
+        );
+    }
+}
+
+/// jobkeeper against the ceiling at the highest client limit.
+fn write_ceiling_goal(s: &mut String, results: &[RunResult], unthrottled: &str) {
     for w in workloads_of(results) {
-        let (Some(j), Some(c)) = (
-            find(results, &unthrottled, &w, "jobkeeper"),
-            find(results, &unthrottled, &w, "ceiling"),
-        ) else {
+        let sides = Sides::find(results, unthrottled, &w);
+        let (Some(j), Some(c)) = (sides.jobkeeper, sides.ceiling) else {
             continue;
         };
         let r = j.pods_per_s() / c.pods_per_s();
@@ -340,7 +429,11 @@ pub fn goals(results: &[RunResult]) -> String {
             verdict(r >= 0.8)
         );
     }
-    for limit in &limits {
+}
+
+/// jobkeeper's status latency, a goal only below saturation.
+fn write_latency_goal(s: &mut String, results: &[RunResult]) {
+    for limit in &limits_of(results) {
         for w in workloads_of(results) {
             let Some(j) = find(results, limit, &w, "jobkeeper") else {
                 continue;
@@ -351,11 +444,7 @@ pub fn goals(results: &[RunResult]) -> String {
             );
             // Below saturation: Jobs arrive more slowly than the client limit can serve
             // even their minimum requests.
-            let qps: f64 = limit
-                .split('/')
-                .next()
-                .and_then(|q| q.parse().ok())
-                .unwrap_or(f64::INFINITY);
+            let qps = qps_of(limit).unwrap_or(f64::INFINITY);
             let unsaturated = j
                 .workload
                 .create_rate
@@ -368,63 +457,54 @@ pub fn goals(results: &[RunResult]) -> String {
                 ),
                 None => " (saturated: all Jobs at once)".to_string(),
             };
+            let met = p50 <= 50.0 && p99 <= 250.0;
             let _ = writeln!(
                 s,
                 "| status latency p50 ≤ 50 ms, p99 ≤ 250 ms | {w} @ {limit}{below} | p50 {p50:.0} ms, p99 {p99:.0} ms | {} |",
-                if unsaturated {
-                    verdict(p50 <= 50.0 && p99 <= 250.0)
-                } else {
-                    if p50 <= 50.0 && p99 <= 250.0 {
-                        "met"
-                    } else {
-                        "not a goal here"
-                    }
+                match (unsaturated, met) {
+                    (true, _) => verdict(met),
+                    (false, true) => "met",
+                    (false, false) => "not a goal here",
                 }
             );
         }
     }
-    for limit in &limits {
-        for w in workloads_of(results) {
-            let (Some(k), Some(j)) = (
-                find(results, limit, &w, "kcm"),
-                find(results, limit, &w, "jobkeeper"),
-            ) else {
-                continue;
-            };
-            let (jr, kr, jr_no, min) = (
-                j.requests_per_job(true),
-                k.requests_per_job(true),
-                j.requests_per_job(false),
-                j.minimum_per_job(),
-            );
-            let _ = writeln!(
-                s,
-                "| API requests / Job ≤ KCM's and ≤ 1.2 × minimum | {w} @ {limit} | {jr:.1} (KCM {kr:.1}); without events {jr_no:.1} = {:.2} × minimum {min:.0} | {} |",
-                jr_no / min,
-                verdict(jr <= kr && jr_no <= 1.2 * min)
-            );
-        }
+}
+
+fn write_requests_goal(s: &mut String, controllers: &[Controllers]) {
+    for c in controllers {
+        let (limit, w, k, j) = (&c.limit, &c.workload, c.kcm, c.jobkeeper);
+        let (jr, kr, jr_no, min) = (
+            j.requests_per_job(true),
+            k.requests_per_job(true),
+            j.requests_per_job(false),
+            j.minimum_per_job(),
+        );
+        let _ = writeln!(
+            s,
+            "| API requests / Job ≤ KCM's and ≤ 1.2 × minimum | {w} @ {limit} | {jr:.1} (KCM {kr:.1}); without events {jr_no:.1} = {:.2} × minimum {min:.0} | {} |",
+            jr_no / min,
+            verdict(jr <= kr && jr_no <= 1.2 * min)
+        );
     }
-    for limit in &limits {
-        for w in workloads_of(results) {
-            let (Some(k), Some(j)) = (
-                find(results, limit, &w, "kcm"),
-                find(results, limit, &w, "jobkeeper"),
-            ) else {
-                continue;
-            };
-            let (Some(kr), Some(jr)) = (mib(k.controller_peak_rss), mib(j.controller_peak_rss))
-            else {
-                continue;
-            };
-            let _ = writeln!(
-                s,
-                "| peak RSS ≤ ⅓ of KCM's | {w} @ {limit} | {jr:.1} vs {kr:.1} MiB ({:.2}) | {} |",
-                jr / kr,
-                verdict(jr * 3.0 <= kr)
-            );
-        }
+}
+
+fn write_memory_goal(s: &mut String, controllers: &[Controllers]) {
+    for c in controllers {
+        let (limit, w, k, j) = (&c.limit, &c.workload, c.kcm, c.jobkeeper);
+        let (Some(kr), Some(jr)) = (mib(k.controller_peak_rss), mib(j.controller_peak_rss)) else {
+            continue;
+        };
+        let _ = writeln!(
+            s,
+            "| peak RSS ≤ ⅓ of KCM's | {w} @ {limit} | {jr:.1} vs {kr:.1} MiB ({:.2}) | {} |",
+            jr / kr,
+            verdict(jr * 3.0 <= kr)
+        );
     }
+}
+
+fn write_indexed_goal(s: &mut String, results: &[RunResult]) {
     for r in results
         .iter()
         .filter(|r| r.workload.indexed && r.side == "jobkeeper")
@@ -444,7 +524,6 @@ pub fn goals(results: &[RunResult]) -> String {
             verdict(r.jobs_complete == 1 && r.max_object_bytes < 1024 * 1024)
         );
     }
-    s
 }
 
 /// A short table for the README.
@@ -454,8 +533,8 @@ pub fn summary(results: &[RunResult]) -> String {
     );
     for limit in limits_of(results) {
         for w in workloads_of(results) {
-            let get = |side| find(results, &limit, &w, side);
-            let (k, j, c) = (get("kcm"), get("jobkeeper"), get("ceiling"));
+            let sides = Sides::find(results, &limit, &w);
+            let (k, j, c) = (sides.kcm, sides.jobkeeper, sides.ceiling);
             let pps = |r: Option<&RunResult>| num(r.map(|r| r.pods_per_s()), 1);
             let lat = |r: Option<&RunResult>| {
                 r.map(|r| {
