@@ -31,6 +31,7 @@ use crate::cluster::expectations::Expectations;
 use crate::cluster::pod_index::PodIndex;
 use crate::cluster::selector_watches::{CONTROLLER_UID_LABEL, SelectorWatches};
 use crate::cluster::status_batch::StatusBatcher;
+use crate::cluster::watch_expiry;
 use crate::config::BUILT_IN_MANAGER;
 pub use crate::edge::health::WatchSettings;
 use crate::edge::metrics::SharedMetrics;
@@ -302,6 +303,8 @@ fn sync_loop(
                 match e {
                     controller::Error::ObjectNotFound(_) => {}
                     controller::Error::ReconcilerFailed(..) => {}
+                    // Said at info by the watch that expired, which lists again.
+                    controller::Error::QueueError(e) if watch_expiry::is_expired(&e) => {}
                     other => error!(error = %other, "controller stream error"),
                 }
             }

@@ -21,6 +21,7 @@ use super::{Context, Ownership, Pending};
 pub(super) type OrphanHints = mpsc::UnboundedSender<OrphanHint>;
 use crate::cluster::pod_decode::{WatchedPod, unwrap_watched};
 use crate::cluster::pod_index::{PodIndex, controller_of, selector_of};
+use crate::cluster::watch_expiry;
 
 /// The APIs the Job and pod watches list.
 pub(super) fn apis(client: &Client, namespaces: &HashSet<String>) -> (Api<Job>, Api<WatchedPod>) {
@@ -52,6 +53,7 @@ pub(super) fn job_watch(
     let pending = ctx.pending.clone();
     let managed_jobs = ctx.metrics.managed_jobs.clone();
     watcher(api, config)
+        .inspect(|event| watch_expiry::log_if_expired("jobs", event))
         .default_backoff()
         .filter_map(ours_only(ownership, deleted))
         .modify(slim_job)
@@ -88,6 +90,7 @@ pub(super) fn pod_watch(
     index: PodIndex,
 ) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
     watcher(api, config)
+        .inspect(|event| watch_expiry::log_if_expired("pods", event))
         .default_backoff()
         .map_ok(unwrap_watched)
         .filter_map(move |event| {
