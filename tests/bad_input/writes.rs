@@ -1,7 +1,7 @@
 //! Cases: see tests/bad_input.rs. Writes the cluster refuses or races: pod creates a quota,
 //! pod validation or an admission policy rejects; Jobs and namespaces deleted under the
 //! controller (while it runs, mid-sync, or while it is down); pods another controller
-//! owns; a tracking finalizer removed by hand.
+//! owns; a tracking finalizer removed by hand; UIDs of no pod in `uncountedTerminatedPods`.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -868,5 +868,64 @@ async fn finalizer_removed_by_hand_from_a_running_pod_then_it_finishes() {
     ];
     assert_eq!(counts[0], counts[1], "pods run: jobkeeper, built-in");
     assert_eq!(end.succeeded, Some(2));
+    case.assert_healthy_job_completes_without_hot_loop().await;
+}
+
+/// `status.uncountedTerminatedPods` lists UIDs of no pod, written by another client before
+/// jobkeeper saw the Job (the twins suspended, the same status written into each). A listed
+/// pod that holds no tracking finalizer (here: none at all) is counted as recorded, as
+/// upstream's cleanUncountedPodsWithoutFinalizers counts it: both controllers move the UIDs
+/// into `succeeded`/`failed`, then run only the completions left. Same statuses throughout.
+#[tokio::test]
+async fn uncounted_terminated_pods_listing_uids_of_no_pod() {
+    let mut case = Case::new("bogus-uncounted").await;
+    case.kill();
+    let env = &case.bad;
+    let twins = Twins::create(env, "bogus", |job| {
+        let spec = job.spec.as_mut().unwrap();
+        spec.suspend = Some(true);
+        spec.completions = Some(3);
+        spec.parallelism = Some(1);
+    })
+    .await;
+    let uid = |n: u32| format!("00000000-0000-4000-8000-{n:012}");
+    for name in &twins.names {
+        env.jobs()
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"uncountedTerminatedPods": {
+                    "succeeded": [uid(1), uid(2)],
+                    "failed": [uid(3)],
+                }}})),
+            )
+            .await
+            .expect("writing UIDs of no pod into uncountedTerminatedPods");
+    }
+    let names = twins.names;
+    case.restart();
+    let env = &case.bad;
+    let twins = Twins { env, names };
+    twins
+        .assert_same_when("the listed UIDs counted, nothing left uncounted", |s| {
+            s.succeeded == Some(2)
+                && s.failed == Some(1)
+                && s.uncounted_terminated_pods.as_ref().is_none_or(|u| {
+                    u.succeeded.as_ref().is_none_or(Vec::is_empty)
+                        && u.failed.as_ref().is_none_or(Vec::is_empty)
+                })
+        })
+        .await;
+    twins.patch_spec(json!({"suspend": false})).await;
+    let pods = twins.active(1).await;
+    twins
+        .each_pod(&pods, twins::all, twins::Outcome::Succeed)
+        .await;
+    let end = twins.assert_same_end("Complete").await;
+    assert_eq!((end.succeeded, end.failed), (Some(3), Some(1)));
+    for name in &twins.names {
+        assert_eq!(env.pods_of(name).await.len(), 1, "{name}: one pod run");
+    }
+    wait_log(case.controller(), &["bogus-ours", "Job completed"]).await;
     case.assert_healthy_job_completes_without_hot_loop().await;
 }
