@@ -1,6 +1,7 @@
 //! Cases: see tests/bad_input.rs. Values at the limits the API allows, in the Job and its
 //! pods: most used to panic a sync (and a reconcile panic ends the process); Job names of
-//! 63 characters are compared with the built-in controller's twins.
+//! 63 characters and zero completions or parallelism are compared with the built-in
+//! controller's twins.
 
 use std::time::Duration;
 
@@ -621,6 +622,86 @@ async fn an_indexed_job_name_of_63_characters_is_refused_and_of_61_runs() {
     assert!(
         log.contains("creating 2 pods for indexes 0,1"),
         "the creation is logged"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    env.assert_no_rejected_status().await;
+}
+
+/// completions 0: the Job completes at once, no pod created, as its twin does.
+#[tokio::test]
+async fn completions_of_zero() {
+    use crate::support::twins::Twins;
+    let env = TestEnv::new("completions-0").await;
+    let before = syncs(&env).await;
+    let twins = Twins::create(&env, "zero", |job| {
+        let spec = job.spec.as_mut().unwrap();
+        spec.completions = Some(0);
+        spec.parallelism = Some(2);
+    })
+    .await;
+    let end = twins.assert_same_end("Complete").await;
+    assert_eq!(
+        (end.succeeded.unwrap_or(0), end.failed.unwrap_or(0)),
+        (0, 0)
+    );
+    for name in &twins.names {
+        assert!(env.pods_of(name).await.is_empty(), "{name}: no pod");
+    }
+    assert_alive(&env).await;
+    healthy_job_completes(&env).await;
+    assert!(syncs(&env).await - before < 50.0);
+    let log = env.controller().log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("job=") && l.contains("zero-ours") && l.contains("Job completed")),
+        "the completion is logged"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    env.assert_no_rejected_status().await;
+}
+
+/// parallelism 0: no pod is created and the Job stays as its twin does (started, no
+/// condition); scaled to 2, it runs its 2 completions like the twin.
+#[tokio::test]
+async fn parallelism_of_zero_then_scaled_to_two() {
+    use crate::support::twins::{self, Twins};
+    let env = TestEnv::new("parallelism-0").await;
+    let before = syncs(&env).await;
+    let twins = Twins::create(&env, "idle", |job| {
+        let spec = job.spec.as_mut().unwrap();
+        spec.completions = Some(2);
+        spec.parallelism = Some(0);
+    })
+    .await;
+    let [ours, _] = twins
+        .assert_same_when("started", |s| s.start_time.is_some())
+        .await;
+    assert!(
+        ours.conditions.as_ref().is_none_or(Vec::is_empty),
+        "{ours:?}"
+    );
+    twins
+        .assert_stays("no pod", Duration::from_secs(3), async |name| {
+            env.pods_of(name).await.is_empty()
+        })
+        .await;
+    twins.assert_same_when("still idle", |_| true).await;
+
+    twins.patch_spec(json!({"parallelism": 2})).await;
+    let pods = twins.active(2).await;
+    twins
+        .each_pod(&pods, twins::all, twins::Outcome::Succeed)
+        .await;
+    let end = twins.assert_same_end("Complete").await;
+    assert_eq!(end.succeeded, Some(2));
+    assert_alive(&env).await;
+    healthy_job_completes(&env).await;
+    assert!(syncs(&env).await - before < 50.0);
+    let log = env.controller().log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("idle-ours") && l.contains("creating 2 pods")),
+        "the scale-up is logged"
     );
     assert!(!log.contains("panicked"), "{log}");
     env.assert_no_rejected_status().await;
