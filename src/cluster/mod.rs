@@ -8,3 +8,4 @@ pub mod pod_decode;
 pub mod pod_index;
 pub mod selector_watches;
 pub mod status_batch;
+pub mod watch_expiry;

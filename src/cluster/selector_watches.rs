@@ -199,6 +199,9 @@ impl SelectorWatches {
                             wake.unbounded_send(job_ref.clone()).ok();
                         }
                         Ok(_) => {}
+                        Err(e) if super::watch_expiry::is_expired(&e) => {
+                            info!(job = %job_ref, error = %e, "the Job's selector watch expired (410 Gone); relisting");
+                        }
                         Err(e) => {
                             warn!(job = %job_ref, error = %e, "the Job's selector watch failed; retrying");
                         }

@@ -31,6 +31,7 @@ use crate::cluster::expectations::Expectations;
 use crate::cluster::pod_index::PodIndex;
 use crate::cluster::selector_watches::{CONTROLLER_UID_LABEL, SelectorWatches};
 use crate::cluster::status_batch::StatusBatcher;
+use crate::cluster::watch_expiry;
 use crate::config::BUILT_IN_MANAGER;
 pub use crate::edge::health::WatchSettings;
 use crate::edge::metrics::SharedMetrics;
@@ -293,6 +294,7 @@ fn sync_loop(
             watches::jobs_to_wake(ctx.jobs.clone(), pending.clone()),
         )
         .reconcile_on(wake.inspect(move |job| pending.add(job.clone())))
+        .trigger_backoff(EachWatchBacksOffAlone)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(sync::reconcile, sync::error_policy, ctx)
@@ -302,11 +304,34 @@ fn sync_loop(
                 match e {
                     controller::Error::ObjectNotFound(_) => {}
                     controller::Error::ReconcilerFailed(..) => {}
+                    // Said at info by the watch that expired, which lists again.
+                    controller::Error::QueueError(e) if watch_expiry::is_expired(&e) => {}
                     other => error!(error = %other, "controller stream error"),
                 }
             }
             future::ready(())
         })
+}
+
+/// The controller's own backoff over all its input streams together: none. Each watch
+/// already backs off on its own errors (`default_backoff` in [`watches`], and in each
+/// selector watch); kube-runtime's default here would put every watch and the wake-ups to
+/// sleep on any one watch's error, for up to 30 s and more, growing with each error of any
+/// of them until two minutes pass without one. After a long outage that held a recovered
+/// watch unpolled, its request unanswered, for a minute and more, and a pod watch's 410
+/// Gone stopped the Job watch too.
+struct EachWatchBacksOffAlone;
+
+impl Iterator for EachWatchBacksOffAlone {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for EachWatchBacksOffAlone {
+    fn reset(&mut self) {}
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub(super) type OrphanHints = mpsc::UnboundedSender<OrphanHint>;
 use crate::cluster::lenient::{Lenient, unwrap_event};
 use crate::cluster::pod_decode::{WatchedPod, unwrap_watched};
 use crate::cluster::pod_index::{PodIndex, controller_of, selector_of};
+use crate::cluster::watch_expiry;
 
 /// The APIs the Job and pod watches list.
 pub(super) fn apis(
@@ -58,6 +59,7 @@ pub(super) fn job_watch(
     let pending = ctx.pending.clone();
     let managed_jobs = ctx.metrics.managed_jobs.clone();
     watcher(api, config)
+        .inspect(|event| watch_expiry::log_if_expired("jobs", event))
         .default_backoff()
         .map_ok(unwrap_event)
         .filter_map(ours_only(ownership, deleted))
@@ -95,6 +97,7 @@ pub(super) fn pod_watch(
     index: PodIndex,
 ) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
     watcher(api, config)
+        .inspect(|event| watch_expiry::log_if_expired("pods", event))
         .default_backoff()
         .map_ok(unwrap_watched)
         .filter_map(move |event| {

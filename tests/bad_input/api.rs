@@ -1,18 +1,23 @@
 //! Cases: see tests/bad_input.rs. What the API server and the network throw at jobkeeper:
 //! an apiserver it cannot reach (at start, or mid-run: `/readyz` turns false, requests
-//! time out instead of hanging), and RBAC that stops at one namespace.
+//! time out instead of hanging), a watch that expires (410 Gone) while it is cut off, and
+//! RBAC that stops at one namespace.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, RoleBinding, RoleRef, Subject,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{
+    DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 
 use crate::support::proxy::Proxy;
 use crate::support::*;
@@ -221,6 +226,220 @@ async fn silent_network(exact_counts: bool) {
     finish(&env, "meanwhile", 2).await;
     assert_eq!(env.controller().pid(), pid, "never restarted");
     assert!(healthz_ok(env.controller()).await);
+}
+
+/// The pod watch expires while the network is cut: pods finish meanwhile and the test
+/// writes pod events until the apiserver's watch cache no longer holds the resourceVersion
+/// the controller last saw (it keeps at least 75 s of events, then only its capacity). On
+/// reconnecting the watch gets 410 Gone ("too old resource version"), the controller says
+/// so, lists the pods again and goes on from the list: the Job completes with exactly its
+/// completions, each pod counted once, and a Job created during the cut is served.
+#[tokio::test]
+async fn an_expired_pod_watch_relists_and_counts_stay_exact() {
+    let mut env = TestEnv::without_controller("api-expired").await;
+    let direct = cluster_dir().join("jobkeeper.kubeconfig");
+    let proxy = Proxy::start(&direct).await;
+    env.controller = Some(Controller::start_with_kubeconfig(
+        &env.ns,
+        &proxy.kubeconfig(&direct),
+        &OUTAGE_FLAGS,
+    ));
+    let controller = env.controller();
+    wait_for("/readyz", Duration::from_secs(30), || async {
+        ready(controller).await.then_some(())
+    })
+    .await;
+    let pid = controller.pid();
+    let pod_lists = async || {
+        controller
+            .counter(
+                "jobkeeper_kube_api_requests_total",
+                &[("verb", "list"), ("resource", "pods"), ("code", "200")],
+            )
+            .await
+    };
+    assert_eq!(pod_lists().await, 1.0, "the initial list");
+
+    let mut job = driven_job("exact", Some(MANAGED_BY));
+    job.spec.as_mut().unwrap().parallelism = Some(2);
+    job.spec.as_mut().unwrap().completions = Some(4);
+    env.create_job(&job).await;
+    let first = env.wait_active("exact", 2).await;
+    env.wait_status("exact", "active=2", |s| s.active == Some(2))
+        .await;
+
+    proxy.blackhole();
+    // Whatever the controller saw last is at most this version.
+    let seen = env
+        .pods()
+        .list(&ListParams::default().limit(1))
+        .await
+        .expect("listing pods")
+        .metadata
+        .resource_version
+        .expect("a list resourceVersion");
+    for pod in &first {
+        env.succeed(pod).await;
+    }
+    env.create_job(&{
+        let mut job = driven_job("meanwhile", Some(MANAGED_BY));
+        job.spec.as_mut().unwrap().parallelism = Some(2);
+        job.spec.as_mut().unwrap().completions = Some(2);
+        job
+    })
+    .await;
+    let cut = Instant::now();
+    expire_pod_watches_from(&env, &seen).await;
+    eprintln!("a pod watch from {seen} expired after {:?}", cut.elapsed());
+
+    proxy.restore();
+    let line = wait_for(
+        "the expired watch in the log",
+        Duration::from_secs(90),
+        || async {
+            controller
+                .log_text()
+                .lines()
+                .find(|l| l.contains("the watch expired (410 Gone); relisting"))
+                .map(str::to_string)
+        },
+    )
+    .await;
+    assert!(
+        line.contains("watch=\"pods\"") && line.contains("too old resource version"),
+        "{line}"
+    );
+    wait_for("/readyz true", Duration::from_secs(90), || async {
+        ready(controller).await.then_some(())
+    })
+    .await;
+    // After the backoff that the watch's failures during the cut grew (up to 30 s and
+    // its jitter), as client-go's reflector waits too.
+    wait_for("the pods listed again", Duration::from_secs(90), || async {
+        (pod_lists().await >= 2.0).then_some(())
+    })
+    .await;
+
+    let status = env
+        .wait_status("exact", "the two pods that finished unseen counted", |s| {
+            s.succeeded == Some(2)
+        })
+        .await;
+    assert_eq!(status.failed, None, "{status:?}");
+    for pod in env.wait_active("exact", 2).await {
+        env.succeed(&pod).await;
+    }
+    let status = env
+        .wait_status("exact", "Complete, counted", |s| {
+            finished_and_counted(s, "Complete")
+        })
+        .await;
+    assert_eq!(
+        (status.succeeded, status.failed, status.active),
+        (Some(4), None, None),
+        "{status:?}"
+    );
+    assert_eq!(
+        env.pods_of("exact").await.len(),
+        4,
+        "one pod per completion"
+    );
+    finish(&env, "meanwhile", 2).await;
+    // One relist for one expiry, not a loop of them; no sync loop either.
+    assert_eq!(pod_lists().await, 2.0);
+    let syncs = controller.counter("jobkeeper_job_syncs_total", &[]).await;
+    assert!(syncs < 50.0, "{syncs} syncs: a hot loop?");
+    assert_eq!(env.controller().pid(), pid, "never restarted");
+    assert!(healthz_ok(env.controller()).await);
+    env.assert_no_rejected_status().await;
+}
+
+/// Writes pod events (annotations on a pod of no Job) until a pod watch from `version`
+/// gets 410 Gone: the watch cache has dropped it.
+///
+/// The cache keeps every event of the last 75 s, doubling its capacity when full of
+/// younger ones, and beyond that only as many as its capacity. Events written at a pace
+/// that fills the capacity in 80 s make it drop `version` soon after 75 s without growing;
+/// written faster, it grows and takes as long again to fill.
+async fn expire_pod_watches_from(env: &TestEnv, version: &str) {
+    let filler: Pod = from_json(serde_json::json!({
+        "metadata": {"name": "filler"},
+        "spec": {
+            "schedulerName": DRIVER_SCHEDULER,
+            "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10"}],
+        },
+    }));
+    env.pods()
+        .create(&PostParams::default(), &filler)
+        .await
+        .expect("creating the filler pod");
+    let start = Instant::now();
+    let written = std::cell::Cell::new(0u64);
+    let capacity = std::cell::Cell::new((0u64, start));
+    wait_for(
+        &format!("a pod watch from {version} to expire"),
+        Duration::from_secs(300),
+        || async {
+            let (mut cap, read_at) = capacity.get();
+            if cap == 0 || read_at.elapsed() > Duration::from_secs(5) {
+                cap = pod_watch_cache_capacity(env).await;
+                capacity.set((cap, Instant::now()));
+            }
+            let elapsed = start.elapsed().as_millis() as u64;
+            let due = cap.saturating_mul(elapsed) / 80_000;
+            let batch = due.saturating_sub(written.get()).min(200);
+            let first = written.get();
+            futures::stream::iter(first..first + batch)
+                .for_each_concurrent(8, |n| async move {
+                    env.pods()
+                        .patch(
+                            "filler",
+                            &PatchParams::default(),
+                            &Patch::Merge(serde_json::json!({
+                                "metadata": {"annotations": {"n": n.to_string()}}
+                            })),
+                        )
+                        .await
+                        .expect("writing a pod event");
+                })
+                .await;
+            written.set(first + batch);
+            watch_expired(env, version).await.then_some(())
+        },
+    )
+    .await;
+}
+
+/// The capacity of the apiserver's pod watch cache (at least 1).
+async fn pod_watch_cache_capacity(env: &TestEnv) -> u64 {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("a metrics request");
+    let text = env
+        .client
+        .request_text(request)
+        .await
+        .expect("reading the apiserver's metrics");
+    let capacity = sum_metric(&text, "watch_cache_capacity", &[("resource", "pods")]);
+    assert!(capacity > 0.0, "no watch_cache_capacity for pods");
+    capacity as u64
+}
+
+/// Whether a pod watch from `version` is refused as too old.
+async fn watch_expired(env: &TestEnv, version: &str) -> bool {
+    let gone = |code: u16| code == 410;
+    match env
+        .pods()
+        .watch(&WatchParams::default().timeout(1), version)
+        .await
+    {
+        Err(kube::Error::Api(status)) => gone(status.code),
+        Err(e) => panic!("watching pods from {version}: {e}"),
+        Ok(stream) => {
+            let mut stream = std::pin::pin!(stream);
+            matches!(stream.next().await, Some(Ok(WatchEvent::Error(status))) if gone(status.code))
+        }
+    }
 }
 
 /// A controller whose pod rights come from a RoleBinding in one namespace only: a Job in

@@ -1,8 +1,11 @@
 //! Cases: see tests/bad_input.rs. Values at the limits the API allows, in the Job and its
-//! pods: each used to panic a sync (and a reconcile panic ends the process).
+//! pods: most used to panic a sync (and a reconcile panic ends the process); Job names of
+//! 63 characters and zero completions or parallelism are compared with the built-in
+//! controller's twins.
 
 use std::time::Duration;
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -459,6 +462,221 @@ fn creation_bursts(log: &str) -> Vec<u64> {
     log.lines()
         .filter_map(|l| l.split("creating ").nth(1)?.split(' ').next()?.parse().ok())
         .collect()
+}
+
+/// Twin Job names of `len` characters: `x…x-ours` (jobkeeper's) and `x…x-ref` (built-in).
+fn names_of_length(len: usize) -> [String; 2] {
+    [
+        format!("{}-ours", "x".repeat(len - 5)),
+        format!("{}-ref", "x".repeat(len - 4)),
+    ]
+}
+
+/// The start of the names the Job's pods get: upstream's generateName (`<job>-`, or
+/// `<job>-<index>-` with the Job name cut to keep the index), cut by the apiserver to 58
+/// characters before it adds 5 random ones.
+fn pod_name_prefix(job: &str, index: Option<u32>) -> String {
+    const MAX_GENERATED_PREFIX: usize = 58;
+    match index {
+        None => job
+            .chars()
+            .chain(['-'])
+            .take(MAX_GENERATED_PREFIX)
+            .collect(),
+        Some(i) => {
+            let suffix = format!("-{i}-");
+            let keep = MAX_GENERATED_PREFIX.saturating_sub(suffix.len());
+            format!("{}{suffix}", &job[..job.len().min(keep)])
+        }
+    }
+}
+
+/// Creates the twins `names` ([`driven_job`]s shaped by `shape`) and checks their pods:
+/// names as upstream makes them, the whole Job name in the job-name labels, the same
+/// label keys on both twins' pods and, for an Indexed Job, the hostname `<job>-<index>`.
+/// Then succeeds them and compares the final statuses.
+async fn long_named_twins_complete(env: &TestEnv, names: [String; 2], shape: impl Fn(&mut Job)) {
+    use crate::support::twins::{self, Twins};
+    for (name, managed_by) in names.iter().zip([Some(MANAGED_BY), None]) {
+        let mut job = driven_job(name, managed_by);
+        shape(&mut job);
+        env.create_job(&job).await;
+    }
+    let twins = Twins { env, names };
+    let pods = twins.active(2).await;
+    let mut label_keys = Vec::new();
+    for (name, pods) in twins.names.iter().zip(&pods) {
+        for pod in pods {
+            let pod_name = pod.name_any();
+            let prefix = pod_name_prefix(name, index_of(pod));
+            assert!(
+                pod_name.starts_with(&prefix) && pod_name.len() == prefix.len() + 5,
+                "{name}: pod {pod_name}, want {prefix} and 5 characters"
+            );
+            for label in ["batch.kubernetes.io/job-name", "job-name"] {
+                assert_eq!(pod.labels().get(label), Some(name), "{pod_name}: {label}");
+            }
+            if let Some(index) = index_of(pod) {
+                let hostname = pod.spec.as_ref().and_then(|s| s.hostname.clone());
+                assert_eq!(hostname, Some(format!("{name}-{index}")), "{pod_name}");
+            }
+        }
+        let mut keys: Vec<&String> = pods.iter().flat_map(|p| p.labels().keys()).collect();
+        keys.sort();
+        keys.dedup();
+        label_keys.push(keys);
+    }
+    assert_eq!(
+        label_keys[0], label_keys[1],
+        "pod label keys: jobkeeper, built-in"
+    );
+    twins
+        .each_pod(&pods, twins::all, twins::Outcome::Succeed)
+        .await;
+    let end = twins.assert_same_end("Complete").await;
+    assert_eq!(end.succeeded, Some(2));
+}
+
+/// A Job name of 63 characters, a label value's limit (the job-name labels hold it),
+/// NonIndexed: pods named `<name cut to 58>` and 5 random characters, labelled with the
+/// whole name; the Job completes as its twin does.
+#[tokio::test]
+async fn a_job_name_of_63_characters() {
+    let env = TestEnv::new("name-63").await;
+    let names = names_of_length(63);
+    assert!(names.iter().all(|n| n.len() == 63));
+    let before = syncs(&env).await;
+    long_named_twins_complete(&env, names, |job| {
+        let spec = job.spec.as_mut().unwrap();
+        spec.completions = Some(2);
+        spec.parallelism = Some(2);
+    })
+    .await;
+    assert_alive(&env).await;
+    healthy_job_completes(&env).await;
+    assert!(syncs(&env).await - before < 50.0);
+    let log = env.controller().log_text();
+    assert!(log.contains("creating 2 pods"), "the creation is logged");
+    assert!(!log.contains("panicked"), "{log}");
+    env.assert_no_rejected_status().await;
+}
+
+/// The same in Indexed mode: the apiserver refuses a 63-character name (the pods'
+/// hostnames, `<name>-<index>`, would pass 63 characters); the longest name it accepts for
+/// completions up to 10, 61 characters, runs: pod names keep `-<index>-` after the cut
+/// name, hostnames are `<name>-<index>`, and the Job completes as its twin does.
+#[tokio::test]
+async fn an_indexed_job_name_of_63_characters_is_refused_and_of_61_runs() {
+    let env = TestEnv::new("name-63-indexed").await;
+    let indexed = |job: &mut Job| {
+        let spec = job.spec.as_mut().unwrap();
+        spec.completion_mode = Some("Indexed".into());
+        spec.completions = Some(2);
+        spec.parallelism = Some(2);
+    };
+    let [too_long, _] = names_of_length(63);
+    let mut job = driven_job(&too_long, Some(MANAGED_BY));
+    indexed(&mut job);
+    match env.jobs().create(&Default::default(), &job).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            assert!(e.message.contains("invalid DNS label"), "{e:?}");
+        }
+        other => panic!("an Indexed Job named with 63 characters: {other:?}"),
+    }
+    let names = names_of_length(61);
+    let before = syncs(&env).await;
+    long_named_twins_complete(&env, names, indexed).await;
+    assert_alive(&env).await;
+    healthy_job_completes(&env).await;
+    assert!(syncs(&env).await - before < 50.0);
+    let log = env.controller().log_text();
+    assert!(
+        log.contains("creating 2 pods for indexes 0,1"),
+        "the creation is logged"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    env.assert_no_rejected_status().await;
+}
+
+/// completions 0: the Job completes at once, no pod created, as its twin does.
+#[tokio::test]
+async fn completions_of_zero() {
+    use crate::support::twins::Twins;
+    let env = TestEnv::new("completions-0").await;
+    let before = syncs(&env).await;
+    let twins = Twins::create(&env, "zero", |job| {
+        let spec = job.spec.as_mut().unwrap();
+        spec.completions = Some(0);
+        spec.parallelism = Some(2);
+    })
+    .await;
+    let end = twins.assert_same_end("Complete").await;
+    assert_eq!(
+        (end.succeeded.unwrap_or(0), end.failed.unwrap_or(0)),
+        (0, 0)
+    );
+    for name in &twins.names {
+        assert!(env.pods_of(name).await.is_empty(), "{name}: no pod");
+    }
+    assert_alive(&env).await;
+    healthy_job_completes(&env).await;
+    assert!(syncs(&env).await - before < 50.0);
+    let log = env.controller().log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("job=") && l.contains("zero-ours") && l.contains("Job completed")),
+        "the completion is logged"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    env.assert_no_rejected_status().await;
+}
+
+/// parallelism 0: no pod is created and the Job stays as its twin does (started, no
+/// condition); scaled to 2, it runs its 2 completions like the twin.
+#[tokio::test]
+async fn parallelism_of_zero_then_scaled_to_two() {
+    use crate::support::twins::{self, Twins};
+    let env = TestEnv::new("parallelism-0").await;
+    let before = syncs(&env).await;
+    let twins = Twins::create(&env, "idle", |job| {
+        let spec = job.spec.as_mut().unwrap();
+        spec.completions = Some(2);
+        spec.parallelism = Some(0);
+    })
+    .await;
+    let [ours, _] = twins
+        .assert_same_when("started", |s| s.start_time.is_some())
+        .await;
+    assert!(
+        ours.conditions.as_ref().is_none_or(Vec::is_empty),
+        "{ours:?}"
+    );
+    twins
+        .assert_stays("no pod", Duration::from_secs(3), async |name| {
+            env.pods_of(name).await.is_empty()
+        })
+        .await;
+    twins.assert_same_when("still idle", |_| true).await;
+
+    twins.patch_spec(json!({"parallelism": 2})).await;
+    let pods = twins.active(2).await;
+    twins
+        .each_pod(&pods, twins::all, twins::Outcome::Succeed)
+        .await;
+    let end = twins.assert_same_end("Complete").await;
+    assert_eq!(end.succeeded, Some(2));
+    assert_alive(&env).await;
+    healthy_job_completes(&env).await;
+    assert!(syncs(&env).await - before < 50.0);
+    let log = env.controller().log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("idle-ours") && l.contains("creating 2 pods")),
+        "the scale-up is logged"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    env.assert_no_rejected_status().await;
 }
 
 /// A finishedAt in the last day of year 9999 (valid to the apiserver, Go's time goes to

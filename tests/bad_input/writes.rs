@@ -1,7 +1,8 @@
 //! Cases: see tests/bad_input.rs. Writes the cluster refuses or races: pod creates a quota,
 //! pod validation or an admission policy rejects; Jobs and namespaces deleted under the
 //! controller (while it runs, mid-sync, or while it is down); pods another controller
-//! owns; a tracking finalizer removed by hand.
+//! owns; a tracking finalizer removed by hand; UIDs of no pod in `uncountedTerminatedPods`;
+//! a foreign finalizer in the pod template.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -868,5 +869,173 @@ async fn finalizer_removed_by_hand_from_a_running_pod_then_it_finishes() {
     ];
     assert_eq!(counts[0], counts[1], "pods run: jobkeeper, built-in");
     assert_eq!(end.succeeded, Some(2));
+    case.assert_healthy_job_completes_without_hot_loop().await;
+}
+
+/// `status.uncountedTerminatedPods` lists UIDs of no pod, written by another client before
+/// jobkeeper saw the Job (the twins suspended, the same status written into each). A listed
+/// pod that holds no tracking finalizer (here: none at all) is counted as recorded, as
+/// upstream's cleanUncountedPodsWithoutFinalizers counts it: both controllers move the UIDs
+/// into `succeeded`/`failed`, then run only the completions left. Same statuses throughout.
+#[tokio::test]
+async fn uncounted_terminated_pods_listing_uids_of_no_pod() {
+    let mut case = Case::new("bogus-uncounted").await;
+    case.kill();
+    let env = &case.bad;
+    let twins = Twins::create(env, "bogus", |job| {
+        let spec = job.spec.as_mut().unwrap();
+        spec.suspend = Some(true);
+        spec.completions = Some(3);
+        spec.parallelism = Some(1);
+    })
+    .await;
+    let uid = |n: u32| format!("00000000-0000-4000-8000-{n:012}");
+    for name in &twins.names {
+        env.jobs()
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"uncountedTerminatedPods": {
+                    "succeeded": [uid(1), uid(2)],
+                    "failed": [uid(3)],
+                }}})),
+            )
+            .await
+            .expect("writing UIDs of no pod into uncountedTerminatedPods");
+    }
+    let names = twins.names;
+    case.restart();
+    let env = &case.bad;
+    let twins = Twins { env, names };
+    twins
+        .assert_same_when("the listed UIDs counted, nothing left uncounted", |s| {
+            s.succeeded == Some(2)
+                && s.failed == Some(1)
+                && s.uncounted_terminated_pods.as_ref().is_none_or(|u| {
+                    u.succeeded.as_ref().is_none_or(Vec::is_empty)
+                        && u.failed.as_ref().is_none_or(Vec::is_empty)
+                })
+        })
+        .await;
+    twins.patch_spec(json!({"suspend": false})).await;
+    let pods = twins.active(1).await;
+    twins
+        .each_pod(&pods, twins::all, twins::Outcome::Succeed)
+        .await;
+    let end = twins.assert_same_end("Complete").await;
+    assert_eq!((end.succeeded, end.failed), (Some(3), Some(1)));
+    for name in &twins.names {
+        assert_eq!(env.pods_of(name).await.len(), 1, "{name}: one pod run");
+    }
+    wait_log(case.controller(), &["bogus-ours", "Job completed"]).await;
+    case.assert_healthy_job_completes_without_hot_loop().await;
+}
+
+const FOREIGN_FINALIZER: &str = "example.com/keep";
+
+/// The pod's finalizers, sorted.
+fn finalizers_of(pod: &Pod) -> Vec<String> {
+    let mut finalizers = pod.finalizers().to_vec();
+    finalizers.sort();
+    finalizers
+}
+
+async fn lift_foreign_finalizer(env: &TestEnv, pod: &str) {
+    env.pods()
+        .patch(
+            pod,
+            &PatchParams::default(),
+            &Patch::Strategic(json!({
+                "metadata": {"$deleteFromPrimitiveList/finalizers": [FOREIGN_FINALIZER]}
+            })),
+        )
+        .await
+        .expect("lifting the foreign finalizer");
+}
+
+/// A pod template with a foreign finalizer: the pods carry it and the tracking finalizer,
+/// and jobkeeper removes only its own. A pod deleted before it ran stays, held by the
+/// foreign finalizer (the pod garbage collector marks it Failed): both controllers count
+/// it failed once and replace it. Once the test lifts the foreign finalizer it goes, and
+/// nothing is counted again. The twins agree at each step.
+#[tokio::test]
+async fn pod_template_with_a_foreign_finalizer() {
+    let case = Case::new("foreign-finalizer").await;
+    let env = &case.bad;
+    let twins = Twins::create(env, "kept", |job| {
+        let spec = job.spec.as_mut().unwrap();
+        spec.completions = Some(2);
+        spec.parallelism = Some(2);
+        spec.template.metadata.as_mut().unwrap().finalizers = Some(vec![FOREIGN_FINALIZER.into()]);
+    })
+    .await;
+    let pods = twins.active(2).await;
+    for pod in pods.iter().flatten() {
+        assert_eq!(
+            finalizers_of(pod),
+            [FINALIZER, FOREIGN_FINALIZER],
+            "{}",
+            pod.name_any()
+        );
+    }
+    let deleted = [vec![pods[0][0].clone()], vec![pods[1][0].clone()]];
+    twins.delete_pods(&deleted, 0).await;
+    twins
+        .assert_same_when("the deleted pod counted failed and replaced", |s| {
+            s.failed == Some(1) && s.active == Some(2)
+        })
+        .await;
+    for pod in deleted.iter().flatten() {
+        let name = pod.name_any();
+        let pod = wait_for(
+            "the deleted pod to lose the tracking finalizer only",
+            Duration::from_secs(30),
+            || async {
+                let pod = env.pods().get(&name).await.expect("the deleted pod");
+                (finalizers_of(&pod) == [FOREIGN_FINALIZER]).then_some(pod)
+            },
+        )
+        .await;
+        assert!(pod.metadata.deletion_timestamp.is_some(), "{name}");
+    }
+
+    let active = twins.active(2).await;
+    twins
+        .each_pod(&active, twins::all, twins::Outcome::Succeed)
+        .await;
+    let end = twins.assert_same_end("Complete").await;
+    assert_eq!((end.succeeded, end.failed), (Some(2), Some(1)));
+    for name in &twins.names {
+        let pods = env.pods_of(name).await;
+        assert_eq!(pods.len(), 3, "{name}: two succeeded, one deleted and held");
+        for pod in &pods {
+            assert_eq!(
+                finalizers_of(pod),
+                [FOREIGN_FINALIZER],
+                "{}: the foreign finalizer stays",
+                pod.name_any()
+            );
+        }
+    }
+    wait_log(case.controller(), &["kept-ours", "Job completed"]).await;
+
+    // Let them go: the deleted pods vanish, the Jobs' counts stay.
+    for name in &twins.names {
+        for pod in env.pods_of(name).await {
+            lift_foreign_finalizer(env, &pod.name_any()).await;
+        }
+    }
+    for name in &twins.names {
+        wait_for("the deleted pod gone", Duration::from_secs(30), || async {
+            (env.pods_of(name).await.len() == 2).then_some(())
+        })
+        .await;
+    }
+    let [ours, _] = twins
+        .assert_same_when("Complete, after the deleted pods went", |s| {
+            finished_and_counted(s, "Complete")
+        })
+        .await;
+    assert_eq!((ours.succeeded, ours.failed), (Some(2), Some(1)));
     case.assert_healthy_job_completes_without_hot_loop().await;
 }
