@@ -14,8 +14,11 @@ use crate::cluster::{free_port, impersonating_kubeconfig};
 use crate::scenario::NAMESPACE;
 
 /// The leader election Lease's duration with two replicas: short, so a killed leader's
-/// successor takes over within seconds.
+/// successor takes over within seconds; the renew deadline and retry period must be
+/// shorter in turn (jobkeeper refuses to start otherwise).
 const LEASE: &str = "6s";
+const RENEW_DEADLINE: &str = "4s";
+const RETRY_PERIOD: &str = "500ms";
 
 struct Replica {
     name: &'static str,
@@ -74,6 +77,8 @@ impl Controllers {
             Mode::TwoReplicas => {
                 cmd.args(["--leader-elect", "--leader-elect-lease-name", "chaos"])
                     .args(["--leader-elect-lease-duration", LEASE])
+                    .args(["--leader-elect-renew-deadline", RENEW_DEADLINE])
+                    .args(["--leader-elect-retry-period", RETRY_PERIOD])
                     .args(["--leader-elect-identity", name]);
             }
             _ => {}
@@ -95,6 +100,7 @@ impl Controllers {
     /// SIGKILLs the process (with two replicas: the leader, waiting up to 20 s for one) and
     /// starts it again at once.
     pub async fn kill_one(&mut self) -> anyhow::Result<()> {
+        self.none_exited_by_itself()?;
         let i = self.victim().await;
         let r = &mut self.replicas[i];
         r.child.start_kill().ok();
@@ -102,6 +108,23 @@ impl Controllers {
         info!(replica = %format!("{}{}", r.name, r.incarnation), "SIGKILLed jobkeeper");
         let (name, next) = (r.name, r.incarnation + 1);
         self.replicas[i] = self.spawn(name, next)?;
+        Ok(())
+    }
+
+    /// A replica that exited without being killed (a refused flag, a crash) ends the run
+    /// at once: the rest would only measure a cluster without its controller.
+    fn none_exited_by_itself(&mut self) -> anyhow::Result<()> {
+        for r in &mut self.replicas {
+            if let Some(status) = r.child.try_wait()? {
+                anyhow::bail!(
+                    "jobkeeper {}{} exited by itself ({status}); see jobkeeper-{}{}.log",
+                    r.name,
+                    r.incarnation,
+                    r.name,
+                    r.incarnation
+                );
+            }
+        }
         Ok(())
     }
 
