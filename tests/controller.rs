@@ -608,3 +608,51 @@ async fn many_pods_complete_with_exact_counts_and_no_double_creates() {
             > 0.0
     );
 }
+
+/// Before deleting an excess pod, jobkeeper removes its tracking finalizer at the
+/// resourceVersion its plan saw. A pod that finished since (here: succeeded) is refused
+/// with 409 Conflict and keeps its finalizer, so its outcome is counted by the next plan
+/// instead of deleted unseen and run again; at the version the pod is at, the removal goes
+/// through. This is the apiserver's behaviour the executor relies on.
+#[tokio::test]
+async fn the_finalizer_of_a_pod_that_finished_after_the_plan_stays() {
+    use jobkeeper::act::execute::{code_of, remove_finalizer_if_unchanged};
+    let env = TestEnv::without_controller("finished-after-plan").await;
+    // Owned by a Job no controller here syncs, so the built-in job controller does not
+    // take the pod for an orphan and strip its finalizer itself.
+    let mut owner = driven_job("owner", Some("example.com/nobody"));
+    owner.spec.as_mut().unwrap().suspend = Some(true);
+    let owner = env.create_job(&owner).await;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": "excess",
+            "finalizers": [FINALIZER],
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "owner",
+                                 "uid": owner.uid(), "controller": true}],
+        },
+        "spec": owner.spec.unwrap().template.spec,
+    }))
+    .unwrap();
+    let seen = env.pods().create(&Default::default(), &pod).await.unwrap();
+    env.succeed(&seen).await;
+    let refused =
+        remove_finalizer_if_unchanged(&env.pods(), "excess", seen.resource_version().as_deref())
+            .await
+            .expect_err("the pod changed since it was seen");
+    assert_eq!(code_of(&refused), Some(409), "{refused}");
+    let now = env.pods().get("excess").await.unwrap();
+    assert!(now.finalizers().iter().any(|f| f == FINALIZER));
+    assert_eq!(
+        now.status.and_then(|s| s.phase).as_deref(),
+        Some("Succeeded")
+    );
+    remove_finalizer_if_unchanged(
+        &env.pods(),
+        "excess",
+        now.metadata.resource_version.as_deref(),
+    )
+    .await
+    .unwrap();
+    let after = env.pods().get("excess").await.unwrap();
+    assert!(!after.finalizers().iter().any(|f| f == FINALIZER));
+}

@@ -21,7 +21,7 @@ use crate::act::budget::CreateBudget;
 use crate::cluster::expectations::Expectations;
 use crate::cluster::lenient::Lenient;
 use crate::edge::metrics::SharedMetrics;
-use crate::plan::pods::{has_tracking_finalizer, is_ready};
+use crate::plan::pods::{has_tracking_finalizer, is_finished, is_ready};
 use crate::plan::status::normalized;
 use crate::plan::{EventType, JobEvent, NewPod, Plan, PlanOutcome, PodRef, TRACKING_FINALIZER};
 
@@ -304,7 +304,8 @@ impl Executor<'_> {
     }
 
     /// Deletes `delete`, each pod's tracking finalizer first. A pod gone already counts as
-    /// deleted (it is no longer active); any other failure as missed.
+    /// deleted (it is no longer active); one that changed since the plan, or any failure,
+    /// as missed.
     async fn delete_pods(
         &self,
         api: &Api<Pod>,
@@ -317,31 +318,37 @@ impl Executor<'_> {
             .iter()
             .map(|p| (p.metadata.uid.as_deref().unwrap_or_default(), p))
             .collect();
-        // Each result names the pod if this call deleted it (not if it was gone already).
-        let results: Vec<(PodRef, Result<Option<String>, ExecuteError>)> =
-            stream::iter(delete.to_vec())
-                .map(|pod: PodRef| async {
-                    let holds_finalizer = by_uid
-                        .get(pod.uid.as_str())
-                        .is_some_and(|p| has_tracking_finalizer(p));
-                    let result = self.delete_pod(api, job_uid, &pod, holds_finalizer).await;
-                    (pod, result)
-                })
-                .buffer_unordered(POD_WRITE_PARALLELISM)
-                .collect()
-                .await;
+        let results: Vec<(PodRef, Result<Deleted, ExecuteError>)> = stream::iter(delete.to_vec())
+            .map(|pod: PodRef| async {
+                let seen = by_uid.get(pod.uid.as_str()).copied();
+                let result = self.delete_pod(api, job_uid, &pod, seen).await;
+                (pod, result)
+            })
+            .buffer_unordered(POD_WRITE_PARALLELISM)
+            .collect()
+            .await;
         let mut names = Vec::new();
         let mut writes = PodWrites::default();
         for (pod, result) in results {
-            match result {
-                Ok(name) => names.extend(name),
-                Err(e) => {
-                    writes.missed += 1;
-                    let ready = by_uid.get(pod.uid.as_str()).is_some_and(|p| is_ready(p));
-                    writes.missed_ready += usize::from(ready);
-                    self.publish_failure(job_ref, "FailedDelete", "deleting", &e);
-                    writes.error.get_or_insert(e);
+            let error = match result {
+                Ok(Deleted::Now) => {
+                    names.push(pod.name);
+                    continue;
                 }
+                Ok(Deleted::Gone) => continue,
+                // Not an error: the pod's change (often its finish) brings the next sync.
+                Ok(Deleted::Changed) => {
+                    debug!(pod = %pod.name, "not deleted: the pod changed since the plan");
+                    None
+                }
+                Err(e) => Some(e),
+            };
+            writes.missed += 1;
+            let ready = by_uid.get(pod.uid.as_str()).is_some_and(|p| is_ready(p));
+            writes.missed_ready += usize::from(ready);
+            if let Some(e) = error {
+                self.publish_failure(job_ref, "FailedDelete", "deleting", &e);
+                writes.error.get_or_insert(e);
             }
         }
         writes.made = names.len();
@@ -350,18 +357,24 @@ impl Executor<'_> {
     }
 
     /// Deletes one pod (its tracking finalizer first: a pod we delete is not a failure to
-    /// count); `Some(name)` if this call deleted it, `None` if it was gone already.
+    /// count). An unfinished pod's finalizer goes only if the pod is as the plan saw it: one
+    /// that finished since must be counted, not deleted uncounted and replaced.
     async fn delete_pod(
         &self,
         api: &Api<Pod>,
         job_uid: &str,
         pod: &PodRef,
-        holds_finalizer: bool,
-    ) -> Result<Option<String>, ExecuteError> {
+        seen: Option<&Arc<Pod>>,
+    ) -> Result<Deleted, ExecuteError> {
+        let holds_finalizer = seen.is_some_and(|p| has_tracking_finalizer(p));
         if holds_finalizer {
-            match remove_finalizer(api, &pod.name).await {
+            let unfinished_version = seen
+                .filter(|p| !is_finished(p))
+                .and_then(|p| p.metadata.resource_version.as_deref());
+            match remove_finalizer_if_unchanged(api, &pod.name, unfinished_version).await {
                 Ok(()) => self.expectations.finalizer_removed(job_uid, &pod.uid),
-                Err(e) if is_not_found(&e) => return Ok(None),
+                Err(e) if is_not_found(&e) => return Ok(Deleted::Gone),
+                Err(e) if code_of(&e) == Some(409) => return Ok(Deleted::Changed),
                 Err(source) => {
                     return Err(ExecuteError::PatchPod {
                         pod: pod.name.clone(),
@@ -380,9 +393,9 @@ impl Executor<'_> {
         match delete_unread(api, &pod.name, &params).await {
             Ok(()) => {
                 self.expectations.deleted(job_uid, &pod.uid);
-                Ok(Some(pod.name.clone()))
+                Ok(Deleted::Now)
             }
-            Err(e) if is_not_found(&e) || code_of(&e) == Some(409) => Ok(None),
+            Err(e) if is_not_found(&e) || code_of(&e) == Some(409) => Ok(Deleted::Gone),
             Err(source) => Err(ExecuteError::Delete {
                 pod: pod.name.clone(),
                 source,
@@ -786,9 +799,22 @@ async fn create_pod(client: &Client, api: &Api<Pod>, mut pod: Pod) -> Result<Pod
 }
 
 pub async fn remove_finalizer(api: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
-    let patch = json!({
+    remove_finalizer_if_unchanged(api, name, None).await
+}
+
+/// Removes the tracking finalizer only if the pod is still at `resource_version` (when
+/// given): the apiserver answers 409 Conflict if the pod changed since, e.g. finished.
+pub async fn remove_finalizer_if_unchanged(
+    api: &Api<Pod>,
+    name: &str,
+    resource_version: Option<&str>,
+) -> Result<(), kube::Error> {
+    let mut patch = json!({
         "metadata": { "$deleteFromPrimitiveList/finalizers": [TRACKING_FINALIZER] }
     });
+    if let Some(version) = resource_version {
+        patch["metadata"]["resourceVersion"] = json!(version);
+    }
     patch_unread(api, name, patch).await
 }
 
@@ -805,6 +831,16 @@ async fn patch_pod(
             source,
         }),
     }
+}
+
+/// What [`Executor::delete_pod`] did to one pod.
+enum Deleted {
+    /// This call deleted it.
+    Now,
+    /// It was gone already (no longer active either way).
+    Gone,
+    /// Left alone: it changed since the plan saw it (the plan is redone from the change).
+    Changed,
 }
 
 /// A strategic merge patch of a pod, answered with the pod's metadata only (the apiserver
