@@ -279,13 +279,8 @@ async fn pods_with_bogus_or_out_of_range_completion_indexes() {
         "the strays are never counted"
     );
     assert_eq!(status.completed_indexes.as_deref(), Some("0-2"));
-    assert_alive(&env).await;
-    healthy_job_completes(&env).await;
-    assert!(syncs(&env).await - before < 50.0);
-    let log = env.controller().log_text();
+    let log = assert_unharmed(&env, before).await;
     assert!(log.contains("more than wanted"), "the deletions are logged");
-    assert!(!log.contains("panicked"), "{log}");
-    env.assert_no_rejected_status().await;
 }
 
 /// completions 1,000,000,000 in Indexed mode, 3 at a time: the pending indexes are the
@@ -319,16 +314,11 @@ async fn an_indexed_job_of_a_billion_completions() {
     let indexes: Vec<Option<u32>> = next.iter().map(index_of).collect();
     assert_eq!(indexes, [Some(3), Some(4), Some(5)]);
     let before = syncs(&env).await;
-    assert_alive(&env).await;
-    healthy_job_completes(&env).await;
-    assert!(syncs(&env).await - before < 50.0);
-    let log = env.controller().log_text();
+    let log = assert_unharmed(&env, before).await;
     assert!(
         log.contains("for indexes 0-2"),
         "the first indexes are logged"
     );
-    assert!(!log.contains("panicked"), "{log}");
-    env.assert_no_rejected_status().await;
 }
 
 /// A pod template of about 100 KB (a 100,000-character annotation): pods are created
@@ -355,13 +345,8 @@ async fn a_pod_template_of_100_kb() {
     }
     let status = env.wait_condition("big-template", "Complete").await;
     assert_eq!(status.succeeded, Some(2));
-    assert_alive(&env).await;
-    healthy_job_completes(&env).await;
-    assert!(syncs(&env).await - before < 50.0);
-    let log = env.controller().log_text();
+    let log = assert_unharmed(&env, before).await;
     assert!(log.contains("creating 2 pods"), "the creation is logged");
-    assert!(!log.contains("panicked"), "{log}");
-    env.assert_no_rejected_status().await;
 }
 
 /// activeDeadlineSeconds 1: the Job fails with DeadlineExceeded, its pods are deleted and
@@ -389,13 +374,8 @@ async fn an_active_deadline_of_one_second() {
         })
         .await;
     }
-    assert_alive(&env).await;
-    healthy_job_completes(&env).await;
-    assert!(syncs(&env).await - before < 50.0);
-    let log = env.controller().log_text();
+    let log = assert_unharmed(&env, before).await;
     assert!(log.contains("DeadlineExceeded"), "the verdict is logged");
-    assert!(!log.contains("panicked"), "{log}");
-    env.assert_no_rejected_status().await;
 }
 
 /// parallelism 100,000: pods are created in bursts of at most 500 per sync, status.active
@@ -447,14 +427,9 @@ async fn a_parallelism_of_100_000() {
         "scaled-down pods are not failures"
     );
     let before = syncs(&env).await;
-    assert_alive(&env).await;
-    healthy_job_completes(&env).await;
-    assert!(syncs(&env).await - before < 50.0);
-    let log = env.controller().log_text();
+    let log = assert_unharmed(&env, before).await;
     assert!(log.contains("creating 500 pods"), "a full burst is logged");
     assert!(log.contains("more than wanted"), "the scale-down is logged");
-    assert!(!log.contains("panicked"), "{log}");
-    env.assert_no_rejected_status().await;
 }
 
 /// The pod counts of the controller's "creating N pods" decisions, in log order.
@@ -552,13 +527,8 @@ async fn a_job_name_of_63_characters() {
         spec.parallelism = Some(2);
     })
     .await;
-    assert_alive(&env).await;
-    healthy_job_completes(&env).await;
-    assert!(syncs(&env).await - before < 50.0);
-    let log = env.controller().log_text();
+    let log = assert_unharmed(&env, before).await;
     assert!(log.contains("creating 2 pods"), "the creation is logged");
-    assert!(!log.contains("panicked"), "{log}");
-    env.assert_no_rejected_status().await;
 }
 
 /// The same in Indexed mode: the apiserver refuses a 63-character name (the pods'
@@ -587,16 +557,11 @@ async fn an_indexed_job_name_of_63_characters_is_refused_and_of_61_runs() {
     let names = names_of_length(61);
     let before = syncs(&env).await;
     long_named_twins_complete(&env, names, indexed).await;
-    assert_alive(&env).await;
-    healthy_job_completes(&env).await;
-    assert!(syncs(&env).await - before < 50.0);
-    let log = env.controller().log_text();
+    let log = assert_unharmed(&env, before).await;
     assert!(
         log.contains("creating 2 pods for indexes 0,1"),
         "the creation is logged"
     );
-    assert!(!log.contains("panicked"), "{log}");
-    env.assert_no_rejected_status().await;
 }
 
 /// completions 0: the Job completes at once, no pod created, as its twin does.
@@ -619,17 +584,12 @@ async fn completions_of_zero() {
     for name in &twins.names {
         assert!(env.pods_of(name).await.is_empty(), "{name}: no pod");
     }
-    assert_alive(&env).await;
-    healthy_job_completes(&env).await;
-    assert!(syncs(&env).await - before < 50.0);
-    let log = env.controller().log_text();
+    let log = assert_unharmed(&env, before).await;
     assert!(
         log.lines()
             .any(|l| l.contains("job=") && l.contains("zero-ours") && l.contains("Job completed")),
         "the completion is logged"
     );
-    assert!(!log.contains("panicked"), "{log}");
-    env.assert_no_rejected_status().await;
 }
 
 /// parallelism 0: no pod is created and the Job stays as its twin does (started, no
@@ -666,17 +626,12 @@ async fn parallelism_of_zero_then_scaled_to_two() {
         .await;
     let end = twins.assert_same_end("Complete").await;
     assert_eq!(end.succeeded, Some(2));
-    assert_alive(&env).await;
-    healthy_job_completes(&env).await;
-    assert!(syncs(&env).await - before < 50.0);
-    let log = env.controller().log_text();
+    let log = assert_unharmed(&env, before).await;
     assert!(
         log.lines()
             .any(|l| l.contains("idle-ours") && l.contains("creating 2 pods")),
         "the scale-up is logged"
     );
-    assert!(!log.contains("panicked"), "{log}");
-    env.assert_no_rejected_status().await;
 }
 
 /// A finishedAt in the last day of year 9999 (valid to the apiserver, Go's time goes to
@@ -835,4 +790,17 @@ async fn a_job_started_on_the_last_day_of_year_9999_by_another_writer() {
     assert!(syncs(&env).await - before < 50.0);
     assert!(!log.contains("controller stream error"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// The common end of a case: the process alive, a healthy Job next to the bad one served,
+/// fewer than 50 syncs since `before` (no hot loop), no panic and no rejected status.
+/// Returns the controller's log for the case's own checks.
+async fn assert_unharmed(env: &TestEnv, before: f64) -> String {
+    assert_alive(env).await;
+    healthy_job_completes(env).await;
+    assert!(syncs(env).await - before < 50.0, "a hot loop?");
+    env.assert_no_rejected_status().await;
+    let log = env.controller().log_text();
+    assert!(!log.contains("panicked"), "{log}");
+    log
 }
