@@ -110,11 +110,14 @@ async fn main() -> anyhow::Result<()> {
         Mode::All => vec![Mode::ManagedBy, Mode::AllJobs, Mode::TwoReplicas],
         m => vec![m],
     };
+    // Ctrl-C or SIGTERM drops the run, whose cluster is torn down on drop.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut results = Vec::new();
     for mode in modes {
         let result = tokio::select! {
             r = driver::run(&args, mode, &out) => r?,
             _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; clusters torn down"),
+            _ = terminate.recv() => anyhow::bail!("terminated; clusters torn down"),
         };
         results.push(result);
     }
