@@ -203,12 +203,18 @@ async fn silent_network(exact_counts: bool) {
         (ready(controller).await && back).then_some(())
     })
     .await;
-    assert_eq!(
-        controller
-            .counter("jobkeeper_watch_healthy", &[("watch", "jobs")])
-            .await,
-        1.0
-    );
+    // The gauge is refreshed once a second; /readyz is judged live.
+    wait_for(
+        "the jobs watch's gauge back to 1",
+        Duration::from_secs(5),
+        || async {
+            let healthy = controller
+                .counter("jobkeeper_watch_healthy", &[("watch", "jobs")])
+                .await;
+            (healthy == 1.0).then_some(())
+        },
+    )
+    .await;
     let status = env.wait_condition("deadline", "Failed").await;
     assert_eq!(
         condition_reason(&status, "Failed").as_deref(),
