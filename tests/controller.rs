@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use jobkeeper::act::execute::{Deleted, code_of, delete_released, release};
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -616,43 +617,117 @@ async fn many_pods_complete_with_exact_counts_and_no_double_creates() {
 /// through. This is the apiserver's behaviour the executor relies on.
 #[tokio::test]
 async fn the_finalizer_of_a_pod_that_finished_after_the_plan_stays() {
-    use jobkeeper::act::execute::{code_of, remove_finalizer_if_unchanged};
     let env = TestEnv::without_controller("finished-after-plan").await;
-    // Owned by a Job no controller here syncs, so the built-in job controller does not
-    // take the pod for an orphan and strip its finalizer itself.
-    let mut owner = driven_job("owner", Some("example.com/nobody"));
+    let seen = unsynced_pod_with_finalizer(&env, "excess").await;
+    env.succeed(&seen).await;
+    let refused = release(&env.pods(), "excess", seen.resource_version().as_deref())
+        .await
+        .expect_err("the pod changed since it was seen");
+    assert_eq!(code_of(&refused), Some(409), "{refused}");
+    let now = env.pods().get("excess").await.unwrap();
+    assert!(now.finalizers().iter().any(|f| f == FINALIZER));
+    assert_eq!(phase(&now), Some("Succeeded"));
+    release(&env.pods(), "excess", now.resource_version().as_deref())
+        .await
+        .unwrap();
+    let after = env.pods().get("excess").await.unwrap();
+    assert!(!after.finalizers().iter().any(|f| f == FINALIZER));
+}
+
+/// The window after the release: the pod succeeds between the finalizer's removal and the
+/// delete. The delete, made at the version the release returned, is refused; the pod is
+/// kept and gets its finalizer back, so its success is counted instead of lost and run
+/// again by a replacement.
+#[tokio::test]
+async fn a_pod_that_succeeds_between_its_release_and_its_delete_keeps_its_finalizer() {
+    let env = TestEnv::without_controller("succeeded-after-release").await;
+    let seen = unsynced_pod_with_finalizer(&env, "excess").await;
+    let released = release(&env.pods(), "excess", seen.resource_version().as_deref())
+        .await
+        .unwrap();
+    assert_ne!(
+        released,
+        seen.resource_version(),
+        "the release is a new version"
+    );
+    env.succeed(&seen).await;
+    let outcome = delete_released(
+        &env.pods(),
+        "excess",
+        &seen.uid().unwrap(),
+        released.as_deref(),
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome, Deleted::Restored);
+    let now = env.pods().get("excess").await.unwrap();
+    assert!(now.metadata.deletion_timestamp.is_none(), "not deleted");
+    assert!(
+        now.finalizers().iter().any(|f| f == FINALIZER),
+        "finalizer back"
+    );
+    assert_eq!(phase(&now), Some("Succeeded"));
+}
+
+/// A released pod that changed in other ways (still running, or failed) is deleted at its
+/// new version, as upstream deletes it: a failure of a pod being scaled away is not counted.
+#[tokio::test]
+async fn a_released_pod_that_changed_otherwise_is_still_deleted() {
+    let env = TestEnv::without_controller("changed-after-release").await;
+    for (name, fail) in [("relabelled", false), ("failed", true)] {
+        let seen = unsynced_pod_with_finalizer(&env, name).await;
+        let released = release(&env.pods(), name, seen.resource_version().as_deref())
+            .await
+            .unwrap();
+        if fail {
+            env.fail(&seen, 3).await;
+        } else {
+            let label = json!({"metadata": {"labels": {"touched": "yes"}}});
+            env.pods()
+                .patch(name, &PatchParams::default(), &Patch::Merge(&label))
+                .await
+                .unwrap();
+        }
+        let outcome = delete_released(
+            &env.pods(),
+            name,
+            &seen.uid().unwrap(),
+            released.as_deref(),
+            true,
+        )
+        .await
+        .unwrap();
+        assert_eq!(outcome, Deleted::Now, "{name}");
+        let left = env.pods().get_opt(name).await.unwrap();
+        assert!(
+            left.is_none_or(|p| p.metadata.deletion_timestamp.is_some()),
+            "{name} is deleted"
+        );
+    }
+}
+
+/// A pod with the tracking finalizer, owned by a suspended Job that no controller here
+/// syncs (so the built-in job controller does not take it for an orphan and strip the
+/// finalizer itself).
+async fn unsynced_pod_with_finalizer(env: &TestEnv, name: &str) -> Pod {
+    let owner_name = format!("{name}-owner");
+    let mut owner = driven_job(&owner_name, Some("example.com/nobody"));
     owner.spec.as_mut().unwrap().suspend = Some(true);
     let owner = env.create_job(&owner).await;
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {
-            "name": "excess",
+            "name": name,
             "finalizers": [FINALIZER],
-            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "owner",
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": owner_name,
                                  "uid": owner.uid(), "controller": true}],
         },
         "spec": owner.spec.unwrap().template.spec,
     }))
     .unwrap();
-    let seen = env.pods().create(&Default::default(), &pod).await.unwrap();
-    env.succeed(&seen).await;
-    let refused =
-        remove_finalizer_if_unchanged(&env.pods(), "excess", seen.resource_version().as_deref())
-            .await
-            .expect_err("the pod changed since it was seen");
-    assert_eq!(code_of(&refused), Some(409), "{refused}");
-    let now = env.pods().get("excess").await.unwrap();
-    assert!(now.finalizers().iter().any(|f| f == FINALIZER));
-    assert_eq!(
-        now.status.and_then(|s| s.phase).as_deref(),
-        Some("Succeeded")
-    );
-    remove_finalizer_if_unchanged(
-        &env.pods(),
-        "excess",
-        now.metadata.resource_version.as_deref(),
-    )
-    .await
-    .unwrap();
-    let after = env.pods().get("excess").await.unwrap();
-    assert!(!after.finalizers().iter().any(|f| f == FINALIZER));
+    env.pods().create(&Default::default(), &pod).await.unwrap()
+}
+
+fn phase(pod: &Pod) -> Option<&str> {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref())
 }

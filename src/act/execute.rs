@@ -337,7 +337,7 @@ impl Executor<'_> {
                 }
                 Ok(Deleted::Gone) => continue,
                 // Not an error: the pod's change (often its finish) brings the next sync.
-                Ok(Deleted::Changed) => {
+                Ok(Deleted::Changed | Deleted::Restored) => {
                     debug!(pod = %pod.name, "not deleted: the pod changed since the plan");
                     None
                 }
@@ -356,9 +356,9 @@ impl Executor<'_> {
         writes
     }
 
-    /// Deletes one pod (its tracking finalizer first: a pod we delete is not a failure to
-    /// count). An unfinished pod's finalizer goes only if the pod is as the plan saw it: one
-    /// that finished since must be counted, not deleted uncounted and replaced.
+    /// Deletes one pod, its tracking finalizer first: a pod we delete is not a failure to
+    /// count. An unfinished pod is released and deleted only as the plan saw it; one that
+    /// finished in between is kept and counted (see [`delete_released`]).
     async fn delete_pod(
         &self,
         api: &Api<Pod>,
@@ -366,13 +366,17 @@ impl Executor<'_> {
         pod: &PodRef,
         seen: Option<&Arc<Pod>>,
     ) -> Result<Deleted, ExecuteError> {
-        let holds_finalizer = seen.is_some_and(|p| has_tracking_finalizer(p));
-        if holds_finalizer {
-            let unfinished_version = seen
-                .filter(|p| !is_finished(p))
-                .and_then(|p| p.metadata.resource_version.as_deref());
-            match remove_finalizer_if_unchanged(api, &pod.name, unfinished_version).await {
-                Ok(()) => self.expectations.finalizer_removed(job_uid, &pod.uid),
+        let unfinished_version = seen
+            .filter(|p| !is_finished(p))
+            .and_then(|p| p.metadata.resource_version.clone());
+        let mut version = unfinished_version.clone();
+        let released = seen.is_some_and(|p| has_tracking_finalizer(p));
+        if released {
+            match release(api, &pod.name, unfinished_version.as_deref()).await {
+                Ok(after) => {
+                    self.expectations.finalizer_removed(job_uid, &pod.uid);
+                    version = version.and(after);
+                }
                 Err(e) if is_not_found(&e) => return Ok(Deleted::Gone),
                 Err(e) if code_of(&e) == Some(409) => return Ok(Deleted::Changed),
                 Err(source) => {
@@ -383,24 +387,21 @@ impl Executor<'_> {
                 }
             }
         }
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: Some(pod.uid.clone()),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match delete_unread(api, &pod.name, &params).await {
-            Ok(()) => {
-                self.expectations.deleted(job_uid, &pod.uid);
-                Ok(Deleted::Now)
-            }
-            Err(e) if is_not_found(&e) || code_of(&e) == Some(409) => Ok(Deleted::Gone),
-            Err(source) => Err(ExecuteError::Delete {
+        let deleted = delete_released(api, &pod.name, &pod.uid, version.as_deref(), released)
+            .await
+            .map_err(|source| ExecuteError::Delete {
                 pod: pod.name.clone(),
                 source,
-            }),
+            })?;
+        match deleted {
+            Deleted::Now => self.expectations.deleted(job_uid, &pod.uid),
+            Deleted::Restored => {
+                info!(pod = %pod.name, "kept a pod that succeeded while it was being deleted: its success counts");
+                self.expectations.finalizer_restored(job_uid, &pod.uid);
+            }
+            Deleted::Gone | Deleted::Changed => {}
         }
+        Ok(deleted)
     }
 
     /// Creates pods in slow-start batches of 1, 2, 4, …, as upstream does, so a Job whose
@@ -799,23 +800,94 @@ async fn create_pod(client: &Client, api: &Api<Pod>, mut pod: Pod) -> Result<Pod
 }
 
 pub async fn remove_finalizer(api: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
-    remove_finalizer_if_unchanged(api, name, None).await
+    let patch = json!({
+        "metadata": { "$deleteFromPrimitiveList/finalizers": [TRACKING_FINALIZER] }
+    });
+    patch_unread(api, name, patch).await
 }
 
 /// Removes the tracking finalizer only if the pod is still at `resource_version` (when
 /// given): the apiserver answers 409 Conflict if the pod changed since, e.g. finished.
-pub async fn remove_finalizer_if_unchanged(
+/// Returns the pod's version after the removal.
+pub async fn release(
     api: &Api<Pod>,
     name: &str,
     resource_version: Option<&str>,
-) -> Result<(), kube::Error> {
+) -> Result<Option<String>, kube::Error> {
     let mut patch = json!({
         "metadata": { "$deleteFromPrimitiveList/finalizers": [TRACKING_FINALIZER] }
     });
     if let Some(version) = resource_version {
         patch["metadata"]["resourceVersion"] = json!(version);
     }
-    patch_unread(api, name, patch).await
+    let request = kube::core::Request::new(api.resource_url())
+        .patch_metadata(name, &PatchParams::default(), &Patch::Strategic(patch))
+        .map_err(kube::Error::BuildRequest)?;
+    let answer: VersionOnly = send(api, request, "patch_metadata").await?;
+    Ok(answer.metadata.resource_version)
+}
+
+/// How many times [`delete_released`] reads a pod that changed and tries again.
+const DELETE_ATTEMPTS: usize = 3;
+
+/// Deletes a pod whose tracking finalizer this sync removed (`released`) or that had none,
+/// only while it is at `version` (when given; the pod's UID is always a precondition).
+///
+/// Between the finalizer's removal and the delete the pod may finish. Upstream deletes it
+/// anyway, so its success goes uncounted and a replacement runs the work again. Here the
+/// delete is refused (409), the pod read again, and a released pod that succeeded gets its
+/// finalizer back, to be counted by the next sync ([`Deleted::Restored`]); a pod still
+/// running, or failed, is deleted at its new version, as upstream would.
+pub async fn delete_released(
+    api: &Api<Pod>,
+    name: &str,
+    uid: &str,
+    version: Option<&str>,
+    released: bool,
+) -> Result<Deleted, kube::Error> {
+    let mut version = version.map(str::to_string);
+    for _ in 0..DELETE_ATTEMPTS {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: version.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        match delete_unread(api, name, &params).await {
+            Ok(()) => return Ok(Deleted::Now),
+            Err(e) if is_not_found(&e) => return Ok(Deleted::Gone),
+            // Only the UID was required: another pod has the name now.
+            Err(e) if code_of(&e) == Some(409) && version.is_none() => return Ok(Deleted::Gone),
+            Err(e) if code_of(&e) == Some(409) => {}
+            Err(e) => return Err(e),
+        }
+        let pods: Api<Lenient<Pod>> =
+            Api::namespaced(api.clone().into_client(), &namespace_of(api));
+        let Some(Lenient(now)) = pods.get_opt(name).await? else {
+            return Ok(Deleted::Gone);
+        };
+        if now.metadata.uid.as_deref() != Some(uid) || now.metadata.deletion_timestamp.is_some() {
+            return Ok(Deleted::Gone);
+        }
+        let succeeded = now.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded");
+        if succeeded && released && !has_tracking_finalizer(&now) {
+            let restore = json!({"metadata": {
+                "finalizers": [TRACKING_FINALIZER],
+                "resourceVersion": now.metadata.resource_version,
+            }});
+            return match patch_unread(api, name, restore).await {
+                Ok(()) => Ok(Deleted::Restored),
+                Err(e) if is_not_found(&e) || code_of(&e) == Some(409) => Ok(Deleted::Changed),
+                Err(e) => Err(e),
+            };
+        }
+        if succeeded && has_tracking_finalizer(&now) {
+            return Ok(Deleted::Changed);
+        }
+        version = now.metadata.resource_version;
+    }
+    Ok(Deleted::Changed)
 }
 
 async fn patch_pod(
@@ -834,13 +906,30 @@ async fn patch_pod(
 }
 
 /// What [`Executor::delete_pod`] did to one pod.
-enum Deleted {
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deleted {
     /// This call deleted it.
     Now,
     /// It was gone already (no longer active either way).
     Gone,
     /// Left alone: it changed since the plan saw it (the plan is redone from the change).
     Changed,
+    /// Not deleted: it succeeded after its finalizer was removed, and has it back to be
+    /// counted.
+    Restored,
+}
+
+/// A write's answer read for its resourceVersion alone (nothing else is decoded, so no
+/// time in it can fail the write: see [`send_unread`]).
+#[derive(serde::Deserialize)]
+struct VersionOnly {
+    metadata: VersionOnlyMeta,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VersionOnlyMeta {
+    resource_version: Option<String>,
 }
 
 /// A strategic merge patch of a pod, answered with the pod's metadata only (the apiserver
@@ -875,15 +964,26 @@ async fn delete_unread(
 /// [`crate::cluster::lenient_time`]), and decoding it would fail a write that was made.
 async fn send_unread(
     api: &Api<Pod>,
-    mut request: http::Request<Vec<u8>>,
+    request: http::Request<Vec<u8>>,
     verb: &'static str,
 ) -> Result<(), kube::Error> {
-    request.extensions_mut().insert(verb);
-    let client = api.clone().into_client();
-    client
-        .request::<serde::de::IgnoredAny>(request)
+    send::<serde::de::IgnoredAny>(api, request, verb)
         .await
         .map(|_| ())
+}
+
+/// Sends a pod write labelled `verb` for the request metrics, reading its answer as `T`.
+async fn send<T: serde::de::DeserializeOwned>(
+    api: &Api<Pod>,
+    mut request: http::Request<Vec<u8>>,
+    verb: &'static str,
+) -> Result<T, kube::Error> {
+    request.extensions_mut().insert(verb);
+    api.clone().into_client().request::<T>(request).await
+}
+
+fn namespace_of(api: &Api<Pod>) -> String {
+    api.namespace().unwrap_or_default().to_string()
 }
 
 /// The Jobs of `job`'s namespace, read with their times read leniently (see

@@ -15,7 +15,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::plan::pods::has_tracking_finalizer;
+use crate::plan::TRACKING_FINALIZER;
+use crate::plan::pods::{has_tracking_finalizer, is_finished};
 
 /// Entries the watch never confirms (a pod created and deleted before the cache saw it)
 /// expire, as upstream's expectations do after five minutes.
@@ -29,6 +30,9 @@ struct JobExpectations {
     deleted: HashMap<String, Instant>,
     /// Pods whose tracking finalizer we removed, until the cache shows it gone.
     finalizer_removed: HashMap<String, Instant>,
+    /// Pods that succeeded while being deleted and got their finalizer back, until the
+    /// cache shows them finished with it (see `execute::delete_released`).
+    finalizer_restored: HashMap<String, Instant>,
     /// The Job as our last status write returned it, and every version it supersedes.
     written: Option<Written>,
 }
@@ -133,9 +137,31 @@ impl Expectations {
                     .get(uid.as_str())
                     .is_some_and(|p| has_tracking_finalizer(p))
         });
+        exp.finalizer_restored.retain(|uid, since| {
+            fresh(since)
+                && owned
+                    .get(uid.as_str())
+                    .is_some_and(|p| !(has_tracking_finalizer(p) && is_finished(p)))
+        });
         drop(owned);
 
         let mut pods = cached_pods;
+        // The cache may show the restored pod finished without its finalizer (the state
+        // between removal and restore): it must not pass for counted already.
+        if !exp.finalizer_restored.is_empty() {
+            for pod in pods.iter_mut() {
+                if exp.finalizer_restored.contains_key(uid_of(pod)) && !has_tracking_finalizer(pod)
+                {
+                    let mut restored = (**pod).clone();
+                    restored
+                        .metadata
+                        .finalizers
+                        .get_or_insert_with(Vec::new)
+                        .push(TRACKING_FINALIZER.to_string());
+                    *pod = Arc::new(restored);
+                }
+            }
+        }
         if !exp.deleted.is_empty() {
             for pod in pods.iter_mut() {
                 if exp.deleted.contains_key(uid_of(pod)) {
@@ -151,6 +177,7 @@ impl Expectations {
         if exp.created.is_empty()
             && exp.deleted.is_empty()
             && exp.finalizer_removed.is_empty()
+            && exp.finalizer_restored.is_empty()
             && exp.written.is_none()
         {
             all.remove(&uid);
@@ -191,6 +218,15 @@ impl Expectations {
         });
     }
 
+    /// A pod whose finalizer we removed has it back (it succeeded before its delete).
+    pub fn finalizer_restored(&self, job_uid: &str, pod_uid: &str) {
+        self.with(job_uid, |e| {
+            e.finalizer_removed.remove(pod_uid);
+            e.finalizer_restored
+                .insert(pod_uid.to_string(), Instant::now())
+        });
+    }
+
     /// Records the Job our status write returned, replacing `replaced_version`. Versions an
     /// earlier write replaced or returned stay superseded until the cache catches up.
     pub fn status_written(&self, replaced_version: String, job: Arc<Job>) {
@@ -218,7 +254,7 @@ impl Expectations {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::TRACKING_FINALIZER;
+    use k8s_openapi::api::core::v1::PodStatus;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn job(uid: &str, rv: &str) -> Arc<Job> {
@@ -284,6 +320,34 @@ mod tests {
         let v = e.view(job("j", "1"), vec![], &[]);
         assert!(v.pods.is_empty(), "no phantom pod");
         assert!(e.inner.lock().unwrap().is_empty());
+    }
+
+    fn succeeded(mut pod: Pod) -> Arc<Pod> {
+        pod.status = Some(PodStatus {
+            phase: Some("Succeeded".into()),
+            ..Default::default()
+        });
+        Arc::new(pod)
+    }
+
+    #[test]
+    fn restored_finalizer_shows_until_the_cache_has_it() {
+        let e = Expectations::default();
+        e.finalizer_removed("j", "p1");
+        e.finalizer_restored("j", "p1");
+        // The cache between the removal and the restore: finished, no finalizer.
+        let v = e.view(job("j", "1"), vec![succeeded(pod("p1", false))], &[]);
+        assert!(
+            has_tracking_finalizer(&v.pods[0]),
+            "not to pass for counted"
+        );
+        assert!(!v.finalizer_removed.contains("p1"));
+        // Still running in the cache: shown as it is.
+        let v = e.view(job("j", "1"), vec![Arc::new(pod("p1", true))], &[]);
+        assert!(!is_finished(&v.pods[0]));
+        let v = e.view(job("j", "1"), vec![succeeded(pod("p1", true))], &[]);
+        assert!(has_tracking_finalizer(&v.pods[0]));
+        assert!(e.inner.lock().unwrap().is_empty(), "the cache confirmed it");
     }
 
     #[test]
