@@ -120,11 +120,8 @@ async fn explain_a_running_job() {
 #[tokio::test]
 async fn explain_a_job_in_pod_failure_backoff() {
     let env = TestEnv::new("explain-backoff").await;
-    let mut job = driven_job("flaky", Some(MANAGED_BY));
-    job.spec.as_mut().unwrap().backoff_limit = Some(4);
-    env.create_job(&job).await;
-    let pods = env.wait_active("flaky", 1).await;
-    env.fail(&pods[0], 3).await;
+    let pod = env.first_pod_of_a_job_that_may_fail("flaky").await;
+    env.fail(&pod, 3).await;
     env.wait_status("flaky", "failed=1", |s| s.failed == Some(1))
         .await;
 
@@ -142,7 +139,7 @@ async fn explain_a_job_in_pod_failure_backoff() {
         rule.ends_with(" s (10 s backoff after 1 failure)"),
         "{text}"
     );
-    let failed = pods[0].metadata.name.as_deref().unwrap();
+    let failed = pod.metadata.name.as_deref().unwrap();
     let line = text
         .lines()
         .find(|l| l.contains(failed))
@@ -174,15 +171,12 @@ async fn explain_a_job_in_pod_failure_backoff() {
 #[tokio::test]
 async fn explain_a_job_whose_pod_finished_on_the_last_day_of_year_9999() {
     let env = TestEnv::new("explain-last-day").await;
-    let mut job = driven_job("skewed", Some(MANAGED_BY));
-    job.spec.as_mut().unwrap().backoff_limit = Some(4);
-    env.create_job(&job).await;
-    let pods = env.wait_active("skewed", 1).await;
-    env.fail_finished_at(&pods[0], "9999-12-31T23:59:59Z").await;
+    let pod = env.first_pod_of_a_job_that_may_fail("skewed").await;
+    env.fail_finished_at(&pod, "9999-12-31T23:59:59Z").await;
     env.wait_status("skewed", "failed=1", |s| s.failed == Some(1))
         .await;
     let text = explain(&env, "skewed");
-    let failed = pods[0].metadata.name.as_deref().unwrap();
+    let failed = pod.metadata.name.as_deref().unwrap();
     let line = text
         .lines()
         .find(|l| l.contains(failed))

@@ -129,8 +129,10 @@ async fn a_status_write_that_timed_out_counts_each_pod_once() {
     silent_network(true).await;
 }
 
-async fn silent_network(exact_counts: bool) {
-    let mut env = TestEnv::without_controller("api-silent").await;
+/// A namespace named after `name`, served by a controller that reaches the apiserver
+/// through a [`Proxy`] the test can cut, once that controller is ready.
+async fn controller_behind_proxy(name: &str) -> (TestEnv, Proxy) {
+    let mut env = TestEnv::without_controller(name).await;
     let direct = cluster_dir().join("jobkeeper.kubeconfig");
     let proxy = Proxy::start(&direct).await;
     env.controller = Some(Controller::start_with_kubeconfig(
@@ -138,11 +140,16 @@ async fn silent_network(exact_counts: bool) {
         &proxy.kubeconfig(&direct),
         &OUTAGE_FLAGS,
     ));
-    let controller = env.controller();
     wait_for("/readyz", Duration::from_secs(30), || async {
-        ready(controller).await.then_some(())
+        ready(env.controller()).await.then_some(())
     })
     .await;
+    (env, proxy)
+}
+
+async fn silent_network(exact_counts: bool) {
+    let (env, proxy) = controller_behind_proxy("api-silent").await;
+    let controller = env.controller();
     let pid = controller.pid();
 
     let mut deadline = driven_job("deadline", Some(MANAGED_BY));
@@ -242,19 +249,8 @@ async fn silent_network(exact_counts: bool) {
 /// completions, each pod counted once, and a Job created during the cut is served.
 #[tokio::test]
 async fn an_expired_pod_watch_relists_and_counts_stay_exact() {
-    let mut env = TestEnv::without_controller("api-expired").await;
-    let direct = cluster_dir().join("jobkeeper.kubeconfig");
-    let proxy = Proxy::start(&direct).await;
-    env.controller = Some(Controller::start_with_kubeconfig(
-        &env.ns,
-        &proxy.kubeconfig(&direct),
-        &OUTAGE_FLAGS,
-    ));
+    let (env, proxy) = controller_behind_proxy("api-expired").await;
     let controller = env.controller();
-    wait_for("/readyz", Duration::from_secs(30), || async {
-        ready(controller).await.then_some(())
-    })
-    .await;
     let pid = controller.pid();
     let pod_lists = async || {
         controller

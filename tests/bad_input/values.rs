@@ -155,12 +155,8 @@ async fn an_active_deadline_near_the_int64_limit_with_a_start_time_ahead() {
 #[tokio::test]
 async fn a_failed_pod_finished_in_year_9999_or_1970() {
     let env = TestEnv::new("skewed-finish").await;
-    let mut job = driven_job("skewed-finish", Some(MANAGED_BY));
-    job.spec.as_mut().unwrap().backoff_limit = Some(4);
-    env.create_job(&job).await;
-    let first = env.wait_active("skewed-finish", 1).await;
-    env.fail_finished_at(&first[0], "9999-12-30T00:00:00Z")
-        .await;
+    let first = env.first_pod_of_a_job_that_may_fail("skewed-finish").await;
+    env.fail_finished_at(&first, "9999-12-30T00:00:00Z").await;
     let status = env
         .wait_status("skewed-finish", "the year-9999 failure replaced", |s| {
             s.failed == Some(1) && s.active == Some(1)
@@ -168,7 +164,7 @@ async fn a_failed_pod_finished_in_year_9999_or_1970() {
         .await;
     assert!(!has_condition(&status, "Failed"));
     let second = env.wait_active("skewed-finish", 1).await;
-    assert_ne!(second[0].name_any(), first[0].name_any());
+    assert_ne!(second[0].name_any(), first.name_any());
     env.fail_finished_at(&second[0], "1970-01-02T00:00:00Z")
         .await;
     env.wait_status("skewed-finish", "the 1970 failure replaced", |s| {
@@ -643,18 +639,14 @@ async fn parallelism_of_zero_then_scaled_to_two() {
 #[tokio::test]
 async fn a_failed_pod_finished_on_the_last_day_of_year_9999() {
     let mut env = TestEnv::new("last-day").await;
-    let mut job = driven_job("last-day", Some(MANAGED_BY));
-    job.spec.as_mut().unwrap().backoff_limit = Some(4);
-    env.create_job(&job).await;
-    let first = env.wait_active("last-day", 1).await;
-    env.fail_finished_at(&first[0], "9999-12-31T23:59:59Z")
-        .await;
+    let first = env.first_pod_of_a_job_that_may_fail("last-day").await;
+    env.fail_finished_at(&first, "9999-12-31T23:59:59Z").await;
     env.wait_status("last-day", "the failure counted and replaced", |s| {
         s.failed == Some(1) && s.active == Some(1)
     })
     .await;
     let second = env.wait_active("last-day", 1).await;
-    assert_ne!(second[0].name_any(), first[0].name_any());
+    assert_ne!(second[0].name_any(), first.name_any());
     assert_alive(&env).await;
     healthy_job_completes(&env).await;
     let log = env.controller().log_text();

@@ -419,6 +419,15 @@ impl TestEnv {
             .collect()
     }
 
+    /// Creates a driven Job of ours with room for a few failures (backoffLimit 4) and
+    /// returns its first pod once it runs.
+    pub async fn first_pod_of_a_job_that_may_fail(&self, name: &str) -> Pod {
+        let mut job = driven_job(name, Some(MANAGED_BY));
+        job.spec.as_mut().unwrap().backoff_limit = Some(4);
+        self.create_job(&job).await;
+        self.wait_active(name, 1).await.remove(0)
+    }
+
     /// Waits until the Job has exactly `n` active pods and returns them.
     pub async fn wait_active(&self, job: &str, n: usize) -> Vec<Pod> {
         wait_for(
