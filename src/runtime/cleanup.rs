@@ -216,8 +216,12 @@ async fn release_pods_of_deleted_jobs(
             .filter(|p| has_tracking_finalizer(p))
             .map(|p| p.name_any())
             .collect();
-        if !holding.is_empty() {
-            let job = format!("{ns}/{}", job.name_any());
+        let job = format!("{ns}/{}", job.name_any());
+        if holding.is_empty() {
+            // Its pods were gone or released already (the built-in controller and the
+            // garbage collector may be first when the Delete event comes late).
+            debug!(job = %job, "Job deleted; none of its cached pods holds the tracking finalizer");
+        } else {
             removals.push(remove_finalizers_until_done(api, job, holding));
         }
         ctx.expectations.forget(&uid);
