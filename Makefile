@@ -82,8 +82,10 @@ bench: control-plane
 ## Mixed Jobs while jobkeeper is SIGKILLed every ~10 s, kube-apiserver and etcd restart and a
 ## second writer causes 409s; every final status against the built-in controller's twin,
 ## and no over-count, duplicate pod, leaked finalizer, 422 or changed user field.
-## Report in chaos/results/<date>/. Quick run: make chaos CHAOS_ARGS="--jobs 50 --kills 5"
-chaos: control-plane
+## Its last mode installs the Deployment from deploy/ (`make image`'s image) on a real node,
+## which needs root. Report in chaos/results/<date>/.
+## Quick run: make chaos CHAOS_ARGS="--jobs 50 --kills 5"; one mode: CHAOS_ARGS="--mode deployment"
+chaos: control-plane node image
 	cargo build --release --bin jobkeeper --bin jobkeeper-chaos
 	$${CARGO_TARGET_DIR:-target}/release/jobkeeper-chaos --mode all $(CHAOS_ARGS)
 

@@ -1,7 +1,7 @@
 //! What the apiserver's audit log (Metadata level, one event per request) says about the
 //! run: rejected status writes (422), conflicts (409), and with two replicas, which
 //! process made each write (the replica's kubeconfig impersonates jobkeeper's identity
-//! with `replica=<incarnation>` as user extra).
+//! with `replica=<incarnation>` as user extra; in the cluster, the pod's source IP).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
@@ -46,7 +46,11 @@ fn who(event: &AuditEvent) -> (&str, String) {
                 .cloned()
                 .unwrap_or_default(),
         ),
-        None => (event.user.username.as_str(), String::new()),
+        // In the cluster each replica pod writes from its own IP.
+        None => (
+            event.user.username.as_str(),
+            event.source_ips.first().cloned().unwrap_or_default(),
+        ),
     }
 }
 

@@ -54,6 +54,9 @@ impl Cluster {
         if mode == Mode::AllJobs {
             up.env("KCM_CONTROLLERS", WITHOUT_JOB_CONTROLLER);
         }
+        if mode == Mode::Deployment {
+            up.env("REAL_NODE", "1");
+        }
         let status = up
             .stdout(Stdio::null())
             .kill_on_drop(true)

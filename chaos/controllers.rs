@@ -1,6 +1,7 @@
-//! The jobkeeper processes of a run: one, or two with leader election. A kill is a
-//! SIGKILL of the process (the leader, with two) and an immediate restart as a new
-//! incarnation (`a1`, `a2`, ...), each with its own log.
+//! The jobkeeper of a run: one process, two with leader election, or the Deployment from
+//! deploy/ on the real node ([`InCluster`]). A process kill is a SIGKILL (of the leader,
+//! with two) and an immediate restart as a new incarnation (`a1`, `a2`, ...), each with
+//! its own log.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,8 @@ use anyhow::Context as _;
 use tracing::info;
 
 use crate::Mode;
-use crate::cluster::{free_port, impersonating_kubeconfig};
+use crate::cluster::{Cluster, free_port, impersonating_kubeconfig};
+use crate::deployment::InCluster;
 use crate::scenario::NAMESPACE;
 
 /// The leader election Lease's duration with two replicas: short, so a killed leader's
@@ -27,7 +29,46 @@ struct Replica {
     metrics_port: u16,
 }
 
-pub struct Controllers {
+/// Who syncs the run's Jobs, and how a kill takes it down.
+pub enum Controllers {
+    Processes(Processes),
+    InCluster(InCluster),
+}
+
+impl Controllers {
+    pub async fn start(
+        mode: Mode,
+        cluster: &Cluster,
+        bin: &Path,
+        logs: &Path,
+    ) -> anyhow::Result<Controllers> {
+        Ok(match mode {
+            Mode::Deployment => Controllers::InCluster(
+                InCluster::install(&cluster.dir, logs, cluster.admin.clone()).await?,
+            ),
+            _ => Controllers::Processes(Processes::start(mode, &cluster.dir, bin, logs)?),
+        })
+    }
+
+    /// Takes one jobkeeper down; false if there was none to take (see [`InCluster`]).
+    pub async fn kill_one(&mut self) -> anyhow::Result<bool> {
+        match self {
+            Controllers::Processes(p) => p.kill_one().await.map(|()| true),
+            Controllers::InCluster(c) => c.kill_one().await,
+        }
+    }
+
+    /// Stops (or, in the cluster, leaves) the controllers; returns per writer (process
+    /// incarnation, or pod IP) how many more terms it may have had than one.
+    pub async fn stop(self) -> HashMap<String, u64> {
+        match self {
+            Controllers::Processes(p) => p.stop().await,
+            Controllers::InCluster(c) => c.stop().await,
+        }
+    }
+}
+
+pub struct Processes {
     mode: Mode,
     dir: PathBuf,
     bin: PathBuf,
@@ -35,9 +76,9 @@ pub struct Controllers {
     replicas: Vec<Replica>,
 }
 
-impl Controllers {
-    pub fn start(mode: Mode, dir: &Path, bin: &Path, logs: &Path) -> anyhow::Result<Controllers> {
-        let mut c = Controllers {
+impl Processes {
+    pub fn start(mode: Mode, dir: &Path, bin: &Path, logs: &Path) -> anyhow::Result<Processes> {
+        let mut c = Processes {
             mode,
             dir: dir.to_path_buf(),
             bin: bin.to_path_buf(),

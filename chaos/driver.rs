@@ -83,6 +83,7 @@ pub fn slug(mode: Mode) -> &'static str {
         Mode::ManagedBy => "managed-by",
         Mode::AllJobs => "all-jobs",
         Mode::TwoReplicas => "two-replicas",
+        Mode::Deployment => "deployment",
         Mode::All => "all",
     }
 }
@@ -99,7 +100,7 @@ pub async fn run(args: &Args, mode: Mode, out: &Path) -> anyhow::Result<ModeResu
     namespace(&cluster.admin).await?;
     let observer = Observer::start(cluster.admin.clone(), NAMESPACE);
     let bin = jobkeeper_bin(args)?;
-    let mut controllers = Controllers::start(mode, &cluster.dir, &bin, &logs)?;
+    let mut controllers = Controllers::start(mode, &cluster, &bin, &logs).await?;
     let ctx = Arc::new(Ctx {
         mode,
         jobs: Api::namespaced(cluster.admin.clone(), NAMESPACE),
@@ -168,7 +169,7 @@ pub async fn run(args: &Args, mode: Mode, out: &Path) -> anyhow::Result<ModeResu
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
     checks::user_fields(&plans, &jobs, &book, &mut c);
-    if mode == Mode::TwoReplicas {
+    if matches!(mode, Mode::TwoReplicas | Mode::Deployment) {
         let terms = audit::terms(&audit.writes, &lease_losses);
         c.two_writers = terms.interleaved.clone();
         if terms.unattributed > 0 {
@@ -465,8 +466,9 @@ async fn chaos(
         );
         match what {
             "kill" => {
-                controllers.kill_one().await?;
-                r.kills += 1;
+                if controllers.kill_one().await? {
+                    r.kills += 1;
+                }
             }
             component => {
                 cluster.restart(component).await?;

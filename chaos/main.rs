@@ -9,6 +9,7 @@ mod audit;
 mod checks;
 mod cluster;
 mod controllers;
+mod deployment;
 mod driver;
 mod observer;
 mod report;
@@ -33,7 +34,10 @@ pub enum Mode {
     AllJobs,
     /// Two jobkeeper processes with leader election; the leader is the one killed.
     TwoReplicas,
-    /// managed-by, then all-jobs, then two-replicas.
+    /// The Deployment from deploy/ (`make image`'s image) on a real node: its two pods, the
+    /// leader's pod deleted or its process SIGKILLed. Needs root (REAL_NODE=1).
+    Deployment,
+    /// managed-by, then all-jobs, then two-replicas, then deployment.
     All,
 }
 
@@ -107,7 +111,12 @@ async fn main() -> anyhow::Result<()> {
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let modes = match args.mode {
-        Mode::All => vec![Mode::ManagedBy, Mode::AllJobs, Mode::TwoReplicas],
+        Mode::All => vec![
+            Mode::ManagedBy,
+            Mode::AllJobs,
+            Mode::TwoReplicas,
+            Mode::Deployment,
+        ],
         m => vec![m],
     };
     // Ctrl-C or SIGTERM drops the run, whose cluster is torn down on drop.

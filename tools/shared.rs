@@ -38,6 +38,8 @@ pub struct AuditEvent {
     pub object_ref: Option<AuditObjectRef>,
     pub request_received_timestamp: Timestamp,
     pub response_status: Option<AuditResponseStatus>,
+    #[serde(rename = "sourceIPs", default)]
+    pub source_ips: Vec<String>,
 }
 
 #[derive(Deserialize)]
