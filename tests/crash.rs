@@ -160,3 +160,38 @@ async fn killed_while_creating_pods_creates_none_twice() {
     }
     finish_after_restart(&mut env, "mk", 10, None).await;
 }
+
+/// The controller releases an excess pod (its tracking finalizer removed, marked
+/// `jobkeeper.dev/released-for-deletion` in the same write) and dies before deleting it;
+/// the pod then succeeds. The restarted controller puts the finalizer back, counts the
+/// success and runs no replacement. Before, the success went uncounted and a replacement
+/// pod was created (here it would never finish, and the Job never complete).
+#[tokio::test]
+async fn a_pod_released_for_deletion_that_succeeded_before_its_delete_counts() {
+    let mut env = TestEnv::new("crash-released").await;
+    env.create_job(&job("released", 1)).await;
+    let pod = env.wait_active("released", 1).await.remove(0);
+    env.controller.take().expect("a controller").kill();
+    let release = serde_json::json!({"metadata": {
+        "$deleteFromPrimitiveList/finalizers": [FINALIZER],
+        "annotations": {"jobkeeper.dev/released-for-deletion": "true"},
+    }});
+    env.pods()
+        .patch(
+            &pod.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(release),
+        )
+        .await
+        .expect("releasing the pod");
+    env.succeed(&pod).await;
+    finish_after_restart(&mut env, "released", 1, None).await;
+    let pods = env.pods_of("released").await;
+    assert_eq!(pods.len(), 1, "no replacement pod");
+    assert!(
+        !pods[0]
+            .annotations()
+            .contains_key("jobkeeper.dev/released-for-deletion"),
+        "the mark goes with the restore"
+    );
+}

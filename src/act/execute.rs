@@ -21,9 +21,11 @@ use crate::act::budget::CreateBudget;
 use crate::cluster::expectations::Expectations;
 use crate::cluster::lenient::Lenient;
 use crate::edge::metrics::SharedMetrics;
-use crate::plan::pods::{has_tracking_finalizer, is_finished, is_ready};
+use crate::plan::pods::{has_tracking_finalizer, is_finished, is_ready, is_succeeded};
 use crate::plan::status::normalized;
-use crate::plan::{EventType, JobEvent, NewPod, Plan, PlanOutcome, PodRef, TRACKING_FINALIZER};
+use crate::plan::{
+    EventType, JobEvent, NewPod, Plan, PlanOutcome, PodRef, RELEASED_ANNOTATION, TRACKING_FINALIZER,
+};
 
 /// At most this many pod writes in flight at once for one Job.
 pub const POD_WRITE_PARALLELISM: usize = 16;
@@ -139,11 +141,15 @@ impl Executor<'_> {
         let created = self
             .create_pods(&pods_api, job, &plan.create, &job_ref)
             .await;
+        let restore_error = self
+            .restore_released(&pods_api, &job_uid, pods, &plan.restore)
+            .await
+            .err();
         plan.status = plan
             .status
             .take()
             .and_then(|next| take_back_missed_writes(job, next, &deleted, &created));
-        let pod_write_error = deleted.error.or(created.error);
+        let pod_write_error = deleted.error.or(created.error).or(restore_error);
         let made = (created.made, deleted.made);
         let rest = self
             .write_the_rest(job, &job_ref, &pods_api, plan, made)
@@ -337,7 +343,7 @@ impl Executor<'_> {
                 }
                 Ok(Deleted::Gone) => continue,
                 // Not an error: the pod's change (often its finish) brings the next sync.
-                Ok(Deleted::Changed | Deleted::Restored) => {
+                Ok(Deleted::Changed) => {
                     debug!(pod = %pod.name, "not deleted: the pod changed since the plan");
                     None
                 }
@@ -358,7 +364,7 @@ impl Executor<'_> {
 
     /// Deletes one pod, its tracking finalizer first: a pod we delete is not a failure to
     /// count. An unfinished pod is released and deleted only as the plan saw it; one that
-    /// finished in between is kept and counted (see [`delete_released`]).
+    /// succeeded in between is kept, to be counted (see [`delete_released`]).
     async fn delete_pod(
         &self,
         api: &Api<Pod>,
@@ -393,15 +399,51 @@ impl Executor<'_> {
                 pod: pod.name.clone(),
                 source,
             })?;
-        match deleted {
-            Deleted::Now => self.expectations.deleted(job_uid, &pod.uid),
-            Deleted::Restored => {
-                info!(pod = %pod.name, "kept a pod that succeeded while it was being deleted: its success counts");
-                self.expectations.finalizer_restored(job_uid, &pod.uid);
-            }
-            Deleted::Gone | Deleted::Changed => {}
+        if deleted == Deleted::Now {
+            self.expectations.deleted(job_uid, &pod.uid);
         }
         Ok(deleted)
+    }
+
+    /// Puts the tracking finalizer back on released pods that succeeded before their delete
+    /// (and drops their [`RELEASED_ANNOTATION`]), each only at the version the plan saw:
+    /// a pod that changed since (restored already, deleted, counted) is left alone.
+    async fn restore_released(
+        &self,
+        api: &Api<Pod>,
+        job_uid: &str,
+        pods: &[Arc<Pod>],
+        restore: &[PodRef],
+    ) -> Result<(), ExecuteError> {
+        for pod in restore {
+            let Some(seen) = pods
+                .iter()
+                .find(|p| p.metadata.uid.as_deref() == Some(&pod.uid))
+            else {
+                continue;
+            };
+            let patch = json!({"metadata": {
+                "uid": pod.uid,
+                "resourceVersion": seen.metadata.resource_version,
+                "finalizers": [TRACKING_FINALIZER],
+                "annotations": { RELEASED_ANNOTATION: null },
+            }});
+            match patch_unread(api, &pod.name, patch).await {
+                Ok(()) => {
+                    info!(pod = %pod.name, "kept a pod that succeeded while it was being deleted: its success counts");
+                    self.expectations.finalizer_restored(job_uid, &pod.uid);
+                }
+                // Gone, changed since the plan, or being deleted (no finalizer may be added).
+                Err(e) if matches!(code_of(&e), Some(404 | 409 | 422)) => {}
+                Err(source) => {
+                    return Err(ExecuteError::PatchPod {
+                        pod: pod.name.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Creates pods in slow-start batches of 1, 2, 4, …, as upstream does, so a Job whose
@@ -806,16 +848,20 @@ pub async fn remove_finalizer(api: &Api<Pod>, name: &str) -> Result<(), kube::Er
     patch_unread(api, name, patch).await
 }
 
-/// Removes the tracking finalizer only if the pod is still at `resource_version` (when
-/// given): the apiserver answers 409 Conflict if the pod changed since, e.g. finished.
-/// Returns the pod's version after the removal.
+/// Releases an excess pod for deletion: removes its tracking finalizer and marks it with
+/// [`RELEASED_ANNOTATION`] in one write, only if the pod is still at `resource_version`
+/// (when given): the apiserver answers 409 Conflict if the pod changed since, e.g.
+/// finished. Returns the pod's version after the release.
 pub async fn release(
     api: &Api<Pod>,
     name: &str,
     resource_version: Option<&str>,
 ) -> Result<Option<String>, kube::Error> {
     let mut patch = json!({
-        "metadata": { "$deleteFromPrimitiveList/finalizers": [TRACKING_FINALIZER] }
+        "metadata": {
+            "$deleteFromPrimitiveList/finalizers": [TRACKING_FINALIZER],
+            "annotations": { RELEASED_ANNOTATION: "true" },
+        }
     });
     if let Some(version) = resource_version {
         patch["metadata"]["resourceVersion"] = json!(version);
@@ -833,10 +879,10 @@ const DELETE_ATTEMPTS: usize = 3;
 /// Deletes a pod whose tracking finalizer this sync removed (`released`) or that had none,
 /// only while it is at `version` (when given; the pod's UID is always a precondition).
 ///
-/// Between the finalizer's removal and the delete the pod may finish. Upstream deletes it
-/// anyway, so its success goes uncounted and a replacement runs the work again. Here the
-/// delete is refused (409), the pod read again, and a released pod that succeeded gets its
-/// finalizer back, to be counted by the next sync ([`Deleted::Restored`]); a pod still
+/// Between the release and the delete the pod may finish. Upstream deletes it anyway, so
+/// its success goes uncounted and a replacement runs the work again. Here the delete is
+/// refused (409) and the pod read again: a released pod that succeeded is left for the next
+/// plan to restore and count ([`crate::plan::claim::restore_released`]); a pod still
 /// running, or failed, is deleted at its new version, as upstream would.
 pub async fn delete_released(
     api: &Api<Pod>,
@@ -870,19 +916,7 @@ pub async fn delete_released(
         if now.metadata.uid.as_deref() != Some(uid) || now.metadata.deletion_timestamp.is_some() {
             return Ok(Deleted::Gone);
         }
-        let succeeded = now.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded");
-        if succeeded && released && !has_tracking_finalizer(&now) {
-            let restore = json!({"metadata": {
-                "finalizers": [TRACKING_FINALIZER],
-                "resourceVersion": now.metadata.resource_version,
-            }});
-            return match patch_unread(api, name, restore).await {
-                Ok(()) => Ok(Deleted::Restored),
-                Err(e) if is_not_found(&e) || code_of(&e) == Some(409) => Ok(Deleted::Changed),
-                Err(e) => Err(e),
-            };
-        }
-        if succeeded && has_tracking_finalizer(&now) {
+        if released && is_succeeded(&now) {
             return Ok(Deleted::Changed);
         }
         version = now.metadata.resource_version;
@@ -914,9 +948,6 @@ pub enum Deleted {
     Gone,
     /// Left alone: it changed since the plan saw it (the plan is redone from the change).
     Changed,
-    /// Not deleted: it succeeded after its finalizer was removed, and has it back to be
-    /// counted.
-    Restored,
 }
 
 /// A write's answer read for its resourceVersion alone (nothing else is decoded, so no

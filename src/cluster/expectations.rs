@@ -15,8 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::plan::TRACKING_FINALIZER;
-use crate::plan::pods::{has_tracking_finalizer, is_finished};
+use crate::plan::pods::has_tracking_finalizer;
 
 /// Entries the watch never confirms (a pod created and deleted before the cache saw it)
 /// expire, as upstream's expectations do after five minutes.
@@ -30,9 +29,6 @@ struct JobExpectations {
     deleted: HashMap<String, Instant>,
     /// Pods whose tracking finalizer we removed, until the cache shows it gone.
     finalizer_removed: HashMap<String, Instant>,
-    /// Pods that succeeded while being deleted and got their finalizer back, until the
-    /// cache shows them finished with it (see `execute::delete_released`).
-    finalizer_restored: HashMap<String, Instant>,
     /// The Job as our last status write returned it, and every version it supersedes.
     written: Option<Written>,
 }
@@ -137,31 +133,9 @@ impl Expectations {
                     .get(uid.as_str())
                     .is_some_and(|p| has_tracking_finalizer(p))
         });
-        exp.finalizer_restored.retain(|uid, since| {
-            fresh(since)
-                && owned
-                    .get(uid.as_str())
-                    .is_some_and(|p| !(has_tracking_finalizer(p) && is_finished(p)))
-        });
         drop(owned);
 
         let mut pods = cached_pods;
-        // The cache may show the restored pod finished without its finalizer (the state
-        // between removal and restore): it must not pass for counted already.
-        if !exp.finalizer_restored.is_empty() {
-            for pod in pods.iter_mut() {
-                if exp.finalizer_restored.contains_key(uid_of(pod)) && !has_tracking_finalizer(pod)
-                {
-                    let mut restored = (**pod).clone();
-                    restored
-                        .metadata
-                        .finalizers
-                        .get_or_insert_with(Vec::new)
-                        .push(TRACKING_FINALIZER.to_string());
-                    *pod = Arc::new(restored);
-                }
-            }
-        }
         if !exp.deleted.is_empty() {
             for pod in pods.iter_mut() {
                 if exp.deleted.contains_key(uid_of(pod)) {
@@ -177,7 +151,6 @@ impl Expectations {
         if exp.created.is_empty()
             && exp.deleted.is_empty()
             && exp.finalizer_removed.is_empty()
-            && exp.finalizer_restored.is_empty()
             && exp.written.is_none()
         {
             all.remove(&uid);
@@ -218,13 +191,10 @@ impl Expectations {
         });
     }
 
-    /// A pod whose finalizer we removed has it back (it succeeded before its delete).
+    /// A pod whose finalizer we removed has it back (it succeeded before its delete): the
+    /// removal is no longer to be expected.
     pub fn finalizer_restored(&self, job_uid: &str, pod_uid: &str) {
-        self.with(job_uid, |e| {
-            e.finalizer_removed.remove(pod_uid);
-            e.finalizer_restored
-                .insert(pod_uid.to_string(), Instant::now())
-        });
+        self.with(job_uid, |e| e.finalizer_removed.remove(pod_uid));
     }
 
     /// Records the Job our status write returned, replacing `replaced_version`. Versions an
@@ -254,7 +224,7 @@ impl Expectations {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::PodStatus;
+    use crate::plan::TRACKING_FINALIZER;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn job(uid: &str, rv: &str) -> Arc<Job> {
@@ -322,32 +292,13 @@ mod tests {
         assert!(e.inner.lock().unwrap().is_empty());
     }
 
-    fn succeeded(mut pod: Pod) -> Arc<Pod> {
-        pod.status = Some(PodStatus {
-            phase: Some("Succeeded".into()),
-            ..Default::default()
-        });
-        Arc::new(pod)
-    }
-
     #[test]
-    fn restored_finalizer_shows_until_the_cache_has_it() {
+    fn a_restored_finalizer_is_no_longer_expected_removed() {
         let e = Expectations::default();
         e.finalizer_removed("j", "p1");
         e.finalizer_restored("j", "p1");
-        // The cache between the removal and the restore: finished, no finalizer.
-        let v = e.view(job("j", "1"), vec![succeeded(pod("p1", false))], &[]);
-        assert!(
-            has_tracking_finalizer(&v.pods[0]),
-            "not to pass for counted"
-        );
-        assert!(!v.finalizer_removed.contains("p1"));
-        // Still running in the cache: shown as it is.
         let v = e.view(job("j", "1"), vec![Arc::new(pod("p1", true))], &[]);
-        assert!(!is_finished(&v.pods[0]));
-        let v = e.view(job("j", "1"), vec![succeeded(pod("p1", true))], &[]);
-        assert!(has_tracking_finalizer(&v.pods[0]));
-        assert!(e.inner.lock().unwrap().is_empty(), "the cache confirmed it");
+        assert!(!v.finalizer_removed.contains("p1"));
     }
 
     #[test]

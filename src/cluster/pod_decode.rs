@@ -25,6 +25,7 @@ use kube::runtime::watcher::Event;
 use serde::{Deserialize, Deserializer};
 
 use crate::cluster::lenient_time;
+use crate::plan::RELEASED_ANNOTATION;
 
 /// A pod as the pod watch decodes it; `.0` is what [`slim_pod`] makes of the full pod.
 #[derive(Clone, Debug)]
@@ -345,14 +346,14 @@ pub fn slim_pod(pod: &mut Pod) {
 }
 
 /// The only annotations the planner reads are the Job controller's own
-/// (`batch.kubernetes.io/job-completion-index`, the per-index failure counts). A pod
-/// template's own annotations (up to 256 KiB) are copied into every pod; keeping them would
-/// cost that much per cached pod for nothing.
+/// (`batch.kubernetes.io/job-completion-index`, the per-index failure counts) and
+/// jobkeeper's [`RELEASED_ANNOTATION`]. A pod template's own annotations (up to 256 KiB)
+/// are copied into every pod; keeping them would cost that much per cached pod for nothing.
 const PLANNER_ANNOTATIONS: &str = "batch.kubernetes.io/";
 
 fn keep_planner_annotations(annotations: &mut Option<BTreeMap<String, String>>) {
     if let Some(a) = annotations.as_mut() {
-        a.retain(|key, _| key.starts_with(PLANNER_ANNOTATIONS));
+        a.retain(|key, _| key.starts_with(PLANNER_ANNOTATIONS) || key == RELEASED_ANNOTATION);
         if a.is_empty() {
             *annotations = None;
         }

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::pods::{self, pod_ref, uid};
 use super::spec::Spec;
-use super::{Plan, Snapshot, TRACKING_FINALIZER, plural};
+use super::{Plan, RELEASED_ANNOTATION, Snapshot, TRACKING_FINALIZER, plural};
 
 /// The pods this sync works with.
 pub struct Claimed<'a> {
@@ -79,6 +79,32 @@ pub fn claim<'a>(snapshot: &Snapshot<'a>, spec: &Spec<'_>, plan: &mut Plan) -> C
     }
 }
 
+/// Puts the tracking finalizer back on pods released for deletion (see
+/// [`RELEASED_ANNOTATION`]) that succeeded before they were deleted: their success counts,
+/// where upstream deletes them uncounted and runs the work again. A released pod still
+/// running is an active pod like any other (deleted if still in excess, else restored
+/// once it succeeds); one that failed stays uncounted, as upstream leaves it.
+pub fn restore_released(claimed: &Claimed<'_>, plan: &mut Plan) {
+    let restore: Vec<_> = claimed
+        .owned
+        .iter()
+        .filter(|p| {
+            pods::has_annotation(p, RELEASED_ANNOTATION)
+                && !claimed.tracked(p)
+                && !pods::is_deleting(p)
+                && pods::is_succeeded(p)
+        })
+        .map(|p| pod_ref(p))
+        .collect();
+    if !restore.is_empty() {
+        plan.decisions.push(format!(
+            "keeping {} that succeeded while being deleted",
+            plural(restore.len(), "pod")
+        ));
+        plan.restore = restore;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -119,5 +145,35 @@ mod tests {
             &BackoffRecord::default(),
         );
         assert_eq!(uncounted(&p.status.unwrap()).0, vec!["orphan-uid"]);
+    }
+
+    #[test]
+    fn a_released_pod_that_succeeded_before_its_delete_is_restored_and_only_it() {
+        let j = running(job(Some(4), 2), 2);
+        let released = |name: &str, phase: &str| {
+            pod(name, phase)
+                .no_finalizer()
+                .annotation(RELEASED_ANNOTATION, "true")
+        };
+        let pods = [
+            released("restore", "Succeeded"),
+            released("running", "Running"),
+            released("failed", "Failed"),
+            released("deleting", "Succeeded").deleting(),
+            pod("tracked", "Succeeded").annotation(RELEASED_ANNOTATION, "true"),
+            pod("counted", "Succeeded").no_finalizer(),
+        ];
+        let p = run(&j, &pods);
+        assert_eq!(names(&p.restore), vec!["restore"]);
+        assert!(
+            p.decisions
+                .iter()
+                .any(|d| d == "keeping 1 pod that succeeded while being deleted"),
+            "{:?}",
+            p.decisions
+        );
+        // Not counted in this plan: the next one counts it once its finalizer is back.
+        let status = p.status.unwrap();
+        assert!(!uncounted(&status).0.contains(&"restore-uid".to_string()));
     }
 }

@@ -57,6 +57,11 @@ use status::Draft;
 
 /// The finalizer that keeps a finished pod around until the Job status counts it.
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
+/// Put on an excess pod by the same patch that removes its tracking finalizer, just before
+/// the pod is deleted: a pod that still has it, no finalizer and no deletion, finished
+/// between the two writes (or the controller died between them). See
+/// [`claim::restore_released`].
+pub const RELEASED_ANNOTATION: &str = "jobkeeper.dev/released-for-deletion";
 /// At most this many pod UIDs wait in `uncountedTerminatedPods` (keeps the status small).
 pub const MAX_UNCOUNTED_PODS: usize = 500;
 /// At most this many pod creates or deletes per plan.
@@ -146,6 +151,9 @@ pub struct Plan {
     pub status: Option<JobStatus>,
     /// Pods whose tracking finalizer goes once `status` is written.
     pub remove_finalizers: Vec<PodRef>,
+    /// Pods released for deletion that succeeded before the delete: the tracking finalizer
+    /// goes back on, and the next plan counts them.
+    pub restore: Vec<PodRef>,
     /// The backoff record to keep for the next sync.
     pub backoff: BackoffRecord,
     pub events: Vec<JobEvent>,
@@ -182,6 +190,7 @@ impl Plan {
             && self.release.is_empty()
             && self.status.is_none()
             && self.remove_finalizers.is_empty()
+            && self.restore.is_empty()
     }
 }
 
@@ -214,6 +223,7 @@ pub fn plan(snapshot: &Snapshot<'_>) -> Plan {
         return plan;
     };
     let claimed = claim::claim(snapshot, &spec, &mut plan);
+    claim::restore_released(&claimed, &mut plan);
     let pods = classify::classify(&spec, claimed, &current);
     plan.backoff = backoff::next_record(
         snapshot.backoff,
