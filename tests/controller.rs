@@ -669,6 +669,17 @@ async fn a_pod_that_succeeds_between_its_release_and_its_delete_is_kept() {
         "marked as released by the same write"
     );
     assert_eq!(phase(&now), Some("Succeeded"));
+    // A later sync that finds the pod still running in a stale cache (no finalizer, so not
+    // released by it) tries again: the mark keeps the pod for its count all the same.
+    let again = delete_released(&env.pods(), "excess", &uid, released.as_deref(), false)
+        .await
+        .unwrap();
+    assert_eq!(again, Deleted::Changed);
+    let now = env.pods().get("excess").await.unwrap();
+    assert!(
+        now.metadata.deletion_timestamp.is_none(),
+        "still not deleted"
+    );
 }
 
 /// A released pod that changed in other ways (still running, or failed) is deleted at its

@@ -21,7 +21,9 @@ use crate::act::budget::CreateBudget;
 use crate::cluster::expectations::Expectations;
 use crate::cluster::lenient::Lenient;
 use crate::edge::metrics::SharedMetrics;
-use crate::plan::pods::{has_tracking_finalizer, is_finished, is_ready, is_succeeded};
+use crate::plan::pods::{
+    has_annotation, has_tracking_finalizer, is_finished, is_ready, is_succeeded,
+};
 use crate::plan::status::normalized;
 use crate::plan::{
     EventType, JobEvent, NewPod, Plan, PlanOutcome, PodRef, RELEASED_ANNOTATION, TRACKING_FINALIZER,
@@ -876,7 +878,8 @@ pub async fn release(
 /// How many times [`delete_released`] reads a pod that changed and tries again.
 const DELETE_ATTEMPTS: usize = 3;
 
-/// Deletes a pod whose tracking finalizer this sync removed (`released`) or that had none,
+/// Deletes a pod whose tracking finalizer this sync removed (`released`) or that had none
+/// (maybe released by an earlier sync that could not delete it),
 /// only while it is at `version` (when given; the pod's UID is always a precondition).
 ///
 /// Between the release and the delete the pod may finish. Upstream deletes it anyway, so
@@ -916,7 +919,9 @@ pub async fn delete_released(
         if now.metadata.uid.as_deref() != Some(uid) || now.metadata.deletion_timestamp.is_some() {
             return Ok(Deleted::Gone);
         }
-        if released && is_succeeded(&now) {
+        // Released now or by an earlier sync (marked): its success is the next plan's to
+        // count.
+        if is_succeeded(&now) && (released || has_annotation(&now, RELEASED_ANNOTATION)) {
             return Ok(Deleted::Changed);
         }
         version = now.metadata.resource_version;
