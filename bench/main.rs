@@ -92,7 +92,7 @@ pub struct Args {
     pub fat_completions: u32,
     #[arg(long, default_value_t = 100)]
     pub fat_template_kib: u32,
-    /// Pending → Running delay of every pod (kwok; the ceiling's driver waits the same).
+    /// Pending → Running delay of every pod (kwok, for every side's pods).
     #[arg(long, default_value_t = 100)]
     pub pod_start_ms: u64,
     /// Running → Succeeded/Failed delay of every pod.

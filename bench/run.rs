@@ -290,7 +290,7 @@ async fn run_one(
     let start_wall = Timestamp::now();
     let t0 = rec.now_ms();
     let deadline = Instant::now() + w.timeout(args.timeout_s);
-    let writers = create_jobs(cluster, &ns, w, side, args).await?;
+    let writers = create_jobs(cluster, &ns, w, side).await?;
     let waited = wait_for_jobs(&rec, writers, deadline, w.jobs).await?;
     let usage = meters.finish();
     // Let trailing writes (events, the last finalizer patches) land inside the window.
@@ -389,7 +389,6 @@ async fn create_jobs(
     ns: &str,
     w: &Workload,
     side: &str,
-    args: &Args,
 ) -> anyhow::Result<JoinSet<anyhow::Result<()>>> {
     let jobs_api: Api<Job> = Api::namespaced(cluster.admin.clone(), ns);
     let managed_by = match side {
@@ -397,13 +396,10 @@ async fn create_jobs(
         "jobkeeper" => Some(JOBKEEPER_MANAGER),
         _ => Some(CEILING_MANAGER),
     };
-    let ceiling = (side == "ceiling").then(|| {
-        Ceiling::new(
-            cluster.ceiling.clone(),
-            w.clone(),
-            Duration::from_millis(args.pod_start_ms + args.pod_run_ms),
-        )
-    });
+    let ceiling = match side {
+        "ceiling" => Some(Ceiling::start(cluster.ceiling.clone(), w.clone(), ns).await?),
+        _ => None,
+    };
     let mut writers = JoinSet::new();
     let create = |i: u32| {
         let jobs_api = jobs_api.clone();
