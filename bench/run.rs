@@ -27,7 +27,7 @@ pub const JOBKEEPER_MANAGER: &str = "jobkeeper.dev/job-controller";
 /// How long creating or deleting the foreign pods may take.
 const FOREIGN_WAIT: Duration = Duration::from_secs(1800);
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunResult {
     pub limit: String,
     pub workload: Workload,

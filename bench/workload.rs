@@ -14,7 +14,7 @@ pub const BENCH_LABEL: &str = "jobkeeper.dev/bench";
 pub const EXIT_CODE_ANNOTATION: &str = "jobkeeper.dev/exit-code";
 pub const CEILING_MANAGER: &str = "jobkeeper.dev/bench-ceiling";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Workload {
     pub name: String,
     pub jobs: u32,
