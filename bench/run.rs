@@ -139,7 +139,12 @@ pub async fn all(
                 None
             };
             for w in workloads {
-                let sides: Vec<&String> = args.sides.iter().filter(|s| !done(w, s)).collect();
+                let sides: Vec<&str> = args
+                    .sides
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|s| !done(w, s))
+                    .collect();
                 if sides.is_empty() {
                     continue;
                 }
@@ -147,31 +152,13 @@ pub async fn all(
                     info!(limit = %limit.label(), workload = %w.name, min_qps = w.min_qps, "not run at this limit");
                     continue;
                 }
-                let foreign = w.foreign_pods > 0;
-                if foreign {
-                    crate::foreign::create(&cluster.admin, w.foreign_pods, FOREIGN_WAIT).await?;
-                }
-                for side in sides {
-                    let controller = match side.as_str() {
-                        "kcm" => Some(cluster.pid("kube-controller-manager")?),
-                        "jobkeeper" => jobkeeper.as_ref().map(|j| j.pid),
-                        _ => None,
-                    };
-                    let r = run_one(&cluster, limit, w, side, controller, args).await?;
-                    info!(
-                        limit = %limit.label(), workload = %w.name, side = %side,
-                        wall_s = format!("{:.1}", r.wall_s), timed_out = r.timed_out,
-                        "run finished"
-                    );
-                    std::fs::write(
-                        raw.join(format!("run-{}-{}-{}.json", limit.slug(), w.name, side)),
-                        serde_json::to_vec(&r)?,
-                    )?;
-                    these.push(r);
-                }
-                if foreign {
-                    crate::foreign::delete(&cluster.admin, FOREIGN_WAIT).await?;
-                }
+                let controller = jobkeeper.as_ref().map(|j| j.pid);
+                let on = On {
+                    cluster: &cluster,
+                    limit,
+                    jobkeeper: controller,
+                };
+                these.extend(run_workload(&on, w, &sides, args, raw).await?);
             }
             if let Some(j) = jobkeeper {
                 j.stop().await;
@@ -185,6 +172,52 @@ pub async fn all(
         save(raw, &results)?;
     }
     Ok(results)
+}
+
+/// Where a workload runs: the cluster of one client limit and its jobkeeper, if any.
+struct On<'a> {
+    cluster: &'a Cluster,
+    limit: Limit,
+    jobkeeper: Option<u32>,
+}
+
+/// Runs one workload through `sides`, with its foreign pods around it if it has any;
+/// saves every run as it finishes.
+async fn run_workload(
+    on: &On<'_>,
+    w: &Workload,
+    sides: &[&str],
+    args: &Args,
+    raw: &Path,
+) -> anyhow::Result<Vec<RunResult>> {
+    let (cluster, limit) = (on.cluster, on.limit);
+    let foreign = w.foreign_pods > 0;
+    if foreign {
+        crate::foreign::create(&cluster.admin, w.foreign_pods, FOREIGN_WAIT).await?;
+    }
+    let mut runs = Vec::new();
+    for &side in sides {
+        let controller = match side {
+            "kcm" => Some(cluster.pid("kube-controller-manager")?),
+            "jobkeeper" => on.jobkeeper,
+            _ => None,
+        };
+        let r = run_one(cluster, limit, w, side, controller, args).await?;
+        info!(
+            limit = %limit.label(), workload = %w.name, side = %side,
+            wall_s = format!("{:.1}", r.wall_s), timed_out = r.timed_out,
+            "run finished"
+        );
+        std::fs::write(
+            raw.join(format!("run-{}-{}-{}.json", limit.slug(), w.name, side)),
+            serde_json::to_vec(&r)?,
+        )?;
+        runs.push(r);
+    }
+    if foreign {
+        crate::foreign::delete(&cluster.admin, FOREIGN_WAIT).await?;
+    }
+    Ok(runs)
 }
 
 /// The runs measured so far (OUT/raw/results.json), none if there is no such file yet.
