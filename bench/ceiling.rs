@@ -106,10 +106,11 @@ impl Ceiling {
         let routes = Routes::default();
         let (ready_tx, mut ready_rx) = mpsc::channel(1);
         let watch = tokio::spawn(watch_pods(pods, config, routes.clone(), ready_tx));
-        ready_rx
-            .recv()
-            .await
-            .context("the ceiling's pod watch ended")?;
+        let listed = tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await;
+        if !matches!(listed, Ok(Some(()))) {
+            watch.abort();
+            anyhow::bail!("the ceiling's pod watch did not list within 60 s");
+        }
         Ok(Arc::new(Ceiling {
             client,
             workload,
