@@ -2,38 +2,59 @@
 //! (its pods' creates and finalizer patches, two status writes) as fast as the apiserver
 //! takes them, while keeping the Job's rules that bound any controller: at most
 //! `parallelism` pods at once, the pod failure backoff (10 s · 2^(n−1) after n failures
-//! since the last success) before a failed pod is replaced. It also plays kubelet for its
-//! own pods, which no node runs: after the same start and run delays as kwok's, one pod
-//! status write marks a pod done (that write is the driver's, not the controller's).
+//! since the last success) before a failed pod is replaced. Its pods are built from the
+//! Job's template like a controller's (bound to the fake node, the same labels and
+//! annotations, owned by the Job), so kwok runs and finishes them with the same stages as
+//! the controllers' pods; a pod chosen to fail carries the exit-code annotation from its
+//! create, where the other sides get it from the bench's watcher. It learns that pods
+//! finished through one pod watch for the whole run (a list, then watches), never by
+//! polling a pod.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::{StreamExt, stream};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::workload::{BENCH_LABEL, Workload};
+use crate::slim::SlimPod;
+use crate::workload::{BENCH_LABEL, EXIT_CODE_ANNOTATION, Workload};
 
 const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
+const INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
 /// Requests in flight at once, all Jobs together: enough to keep the apiserver busy,
 /// below its --max-mutating-requests-inflight (200).
 const IN_FLIGHT: usize = 128;
 
+/// A pod the watch saw finish: its name and whether it failed.
+type Done = (String, bool);
+/// Where the watch sends each Job's finished pods, by Job name.
+type Routes = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Done>>>>;
+
 pub struct Ceiling {
     pub client: kube::Client,
     pub workload: Workload,
-    pub pod_delay: Duration,
     permits: Semaphore,
+    routes: Routes,
+    watch: JoinHandle<()>,
+}
+
+impl Drop for Ceiling {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
 }
 
 fn now() -> String {
@@ -45,78 +66,110 @@ fn failure_backoff(failures_after_last_success: u32) -> Duration {
     Duration::from_secs(secs.min(600))
 }
 
+/// Sends every finished pod of the workload in `ns` to its Job's route; signals `ready`
+/// once the first list is in.
+async fn watch_pods(
+    pods: Api<SlimPod>,
+    config: watcher::Config,
+    routes: Routes,
+    ready: mpsc::Sender<()>,
+) {
+    let mut events = watcher(pods, config).default_backoff().boxed();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::InitDone) => {
+                ready.send(()).await.ok();
+            }
+            Ok(Event::Apply(pod)) | Ok(Event::InitApply(pod)) => {
+                let (Some(job), Some(failed)) = (pod.job(), pod.terminal()) else {
+                    continue;
+                };
+                let routes = routes.lock().expect("routes lock");
+                if let Some(route) = routes.get(job) {
+                    route.send((pod.name_any(), failed)).ok();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Ceiling {
-    pub fn new(client: kube::Client, workload: Workload, pod_delay: Duration) -> Arc<Ceiling> {
-        Arc::new(Ceiling {
+    /// Starts the run's pod watch in `ns`; resolves once it has listed.
+    pub async fn start(
+        client: kube::Client,
+        workload: Workload,
+        ns: &str,
+    ) -> anyhow::Result<Arc<Ceiling>> {
+        let pods: Api<SlimPod> = Api::namespaced(client.clone(), ns);
+        let config = watcher::Config::default().labels(&format!("{BENCH_LABEL}={}", workload.name));
+        let routes = Routes::default();
+        let (ready_tx, mut ready_rx) = mpsc::channel(1);
+        let watch = tokio::spawn(watch_pods(pods, config, routes.clone(), ready_tx));
+        let listed = tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await;
+        if !matches!(listed, Ok(Some(()))) {
+            watch.abort();
+            anyhow::bail!("the ceiling's pod watch did not list within 60 s");
+        }
+        Ok(Arc::new(Ceiling {
             client,
             workload,
-            pod_delay,
             permits: Semaphore::new(IN_FLIGHT),
-        })
-    }
-
-    fn pod(&self, job: &Job, index: u32, attempt: u32) -> Pod {
-        let name = job.name_any();
-        let mut annotations = serde_json::Map::new();
-        if self.workload.indexed {
-            annotations.insert(
-                "batch.kubernetes.io/job-completion-index".into(),
-                json!(index.to_string()),
-            );
-        }
-        serde_json::from_value(json!({
-            "metadata": {
-                "name": format!("{name}-{index}-{attempt}"),
-                "labels": { BENCH_LABEL: self.workload.name, "job-name": name },
-                "annotations": annotations,
-                "finalizers": [TRACKING_FINALIZER],
-                "ownerReferences": [{
-                    "apiVersion": "batch/v1", "kind": "Job", "name": name,
-                    "uid": job.uid().unwrap_or_default(),
-                    "controller": true, "blockOwnerDeletion": true
-                }]
-            },
-            "spec": {
-                "restartPolicy": "Never",
-                // No scheduler picks this name, so no node (and no kwok) touches the pod.
-                "schedulerName": "jobkeeper-bench-none",
-                "terminationGracePeriodSeconds": 0,
-                "containers": [{ "name": "work", "image": "registry.k8s.io/pause:3.10" }]
-            }
+            routes,
+            watch,
         }))
-        .expect("a valid pod")
     }
 
-    /// Creates the pod, waits as kwok would, marks it done; returns (index, failed, name).
-    async fn run_pod(
+    /// The pod of `index`, built from the Job's template as a controller builds it.
+    fn pod(&self, job: &Job, index: u32, attempt: u32, fail: bool) -> Pod {
+        let name = job.name_any();
+        let template = job
+            .spec
+            .as_ref()
+            .map(|s| s.template.clone())
+            .unwrap_or_default();
+        let mut meta = template.metadata.unwrap_or_default();
+        meta.name = Some(format!("{name}-{index}-{attempt}"));
+        let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+        labels.insert("batch.kubernetes.io/job-name".into(), name.clone());
+        labels.insert("job-name".into(), name.clone());
+        let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+        if self.workload.indexed {
+            annotations.insert(INDEX_ANNOTATION.into(), index.to_string());
+            labels.insert(INDEX_ANNOTATION.into(), index.to_string());
+        }
+        if fail {
+            annotations.insert(EXIT_CODE_ANNOTATION.into(), "1".into());
+        }
+        meta.finalizers = Some(vec![TRACKING_FINALIZER.into()]);
+        meta.owner_references = Some(vec![OwnerReference {
+            api_version: "batch/v1".into(),
+            kind: "Job".into(),
+            name,
+            uid: job.uid().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }]);
+        Pod {
+            metadata: meta,
+            spec: template.spec,
+            status: None,
+        }
+    }
+
+    /// Creates the pod after `delay` (the failure backoff); kwok runs it from there.
+    async fn create_pod(
         self: Arc<Self>,
         api: Api<Pod>,
         pod: Pod,
-        index: u32,
-        fail: bool,
         delay: Duration,
-    ) -> anyhow::Result<(u32, bool, String)> {
+    ) -> anyhow::Result<()> {
         tokio::time::sleep(delay).await;
-        let name = pod.name_any();
-        {
-            let _p = self.permits.acquire().await?;
-            api.create(&PostParams::default(), &pod)
-                .await
-                .with_context(|| format!("creating pod {name}"))?;
-        }
-        tokio::time::sleep(self.pod_delay).await;
-        let phase = if fail { "Failed" } else { "Succeeded" };
-        {
-            let _p = self.permits.acquire().await?;
-            api.patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"phase": phase}})),
-            )
+        let _p = self.permits.acquire().await?;
+        api.create(&PostParams::default(), &pod)
             .await
-            .with_context(|| format!("marking pod {name} {phase}"))?;
-        }
-        Ok((index, fail, name))
+            .with_context(|| format!("creating pod {}", pod.name_any()))?;
+        Ok(())
     }
 
     async fn write_status(
@@ -138,7 +191,12 @@ impl Ceiling {
         let ns = job.namespace().unwrap_or_default();
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &ns);
         let start_time = now();
-        let mut pods = JobPods::new(self.clone(), job, &ns);
+        let (route, finished) = mpsc::unbounded_channel();
+        self.routes
+            .lock()
+            .expect("routes lock")
+            .insert(job.name_any(), route);
+        let mut pods = JobPods::new(self.clone(), job, &ns, finished);
         let parallelism = pods.start_first();
         // The final status write builds on this one's resourceVersion.
         let job = self
@@ -152,6 +210,10 @@ impl Ceiling {
             let batch = pods.next_finished().await?;
             pods.count_and_refill(batch);
         }
+        self.routes
+            .lock()
+            .expect("routes lock")
+            .remove(&job.name_any());
         let status = self.complete_status(&start_time, pods.succeeded, pods.failed);
         self.write_status(&jobs, &job, status).await?;
         self.remove_finalizers(&pods.api, pods.names).await
@@ -224,7 +286,12 @@ struct JobPods {
     /// The Job as created, owner of every pod.
     job: Job,
     api: Api<Pod>,
-    running: JoinSet<anyhow::Result<Finished>>,
+    /// Creates under way (and their backoff waits); an error ends the Job's run.
+    creates: JoinSet<anyhow::Result<()>>,
+    /// The pods started and not yet seen finished: name → completion index.
+    in_flight: HashMap<String, u32>,
+    /// This Job's pods the watch saw finish (a pod may come more than once).
+    finished: mpsc::UnboundedReceiver<Done>,
     names: Vec<String>,
     next_index: u32,
     succeeded: u32,
@@ -235,12 +302,19 @@ struct JobPods {
 }
 
 impl JobPods {
-    fn new(ceiling: Arc<Ceiling>, job: Job, ns: &str) -> JobPods {
+    fn new(
+        ceiling: Arc<Ceiling>,
+        job: Job,
+        ns: &str,
+        finished: mpsc::UnboundedReceiver<Done>,
+    ) -> JobPods {
         JobPods {
             api: Api::namespaced(ceiling.client.clone(), ns),
             ceiling,
             job,
-            running: JoinSet::new(),
+            creates: JoinSet::new(),
+            in_flight: HashMap::new(),
+            finished,
             names: Vec::new(),
             next_index: 0,
             succeeded: 0,
@@ -254,13 +328,15 @@ impl JobPods {
     /// Starts the pod of `index`; its first attempt fails if the workload says so.
     fn start(&mut self, index: u32, attempt: u32, delay: Duration) {
         let fail = attempt == 0 && index < self.ceiling.workload.fail_per_job;
-        let pod = self.ceiling.pod(&self.job, index, attempt);
-        self.names.push(pod.name_any());
-        let run = self
+        let pod = self.ceiling.pod(&self.job, index, attempt, fail);
+        let name = pod.name_any();
+        self.in_flight.insert(name.clone(), index);
+        self.names.push(name);
+        let create = self
             .ceiling
             .clone()
-            .run_pod(self.api.clone(), pod, index, fail, delay);
-        self.running.spawn(run);
+            .create_pod(self.api.clone(), pod, delay);
+        self.creates.spawn(create);
     }
 
     /// Starts the first `parallelism` indexes at once; returns how many.
@@ -274,22 +350,31 @@ impl JobPods {
         parallelism
     }
 
+    /// The next of this Job's pods in flight to finish; fails if a create failed.
+    async fn recv(&mut self) -> anyhow::Result<Finished> {
+        loop {
+            tokio::select! {
+                Some(created) = self.creates.join_next() => created??,
+                done = self.finished.recv() => {
+                    let (name, failed) = done.context("the ceiling's pod watch ended")?;
+                    if let Some(index) = self.in_flight.remove(&name) {
+                        return Ok((index, failed, name));
+                    }
+                }
+            }
+        }
+    }
+
     /// The next pod to finish; after a failure, also those finishing with it.
     async fn next_finished(&mut self) -> anyhow::Result<Vec<Finished>> {
-        let first = self
-            .running
-            .join_next()
-            .await
-            .context("no pod left to wait for")???;
+        let first = self.recv().await?;
         let first_failed = first.1;
         let mut batch = vec![first];
         if first_failed {
             // Gather the pods finishing with this one before deciding the backoff.
             let until = Instant::now() + Duration::from_millis(200);
-            while let Ok(Some(next)) =
-                tokio::time::timeout_at(until, self.running.join_next()).await
-            {
-                batch.push(next??);
+            while let Ok(next) = tokio::time::timeout_at(until, self.recv()).await {
+                batch.push(next?);
             }
         }
         Ok(batch)

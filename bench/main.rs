@@ -6,12 +6,14 @@
 mod audit;
 mod ceiling;
 mod cluster;
+mod foreign;
 mod plots;
 mod procfs;
 mod report;
 mod run;
 #[path = "../tools/shared.rs"]
 mod shared;
+mod slim;
 mod watch;
 mod workload;
 
@@ -35,7 +37,7 @@ pub struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "paced,small,wide,indexed"
+        default_value = "paced,small,small-foreign,wide,indexed,indexed-huge"
     )]
     pub workloads: Vec<String>,
     /// Who syncs the Jobs: kcm, jobkeeper, ceiling.
@@ -66,6 +68,20 @@ pub struct Args {
     pub indexed_completions: u32,
     #[arg(long, default_value_t = 500)]
     pub indexed_parallelism: u32,
+    /// small-foreign: the small workload while this many bare pods no Job owns run on the
+    /// fake node (namespace bench-foreign; created before the workload, deleted after it).
+    #[arg(long, default_value_t = 50_000)]
+    pub foreign_pods: u32,
+    /// indexed-huge: one Indexed Job, only at client limits of --indexed-huge-min-qps or
+    /// more, with its own timeout.
+    #[arg(long, default_value_t = 100_000)]
+    pub indexed_huge_completions: u32,
+    #[arg(long, default_value_t = 1000)]
+    pub indexed_huge_parallelism: u32,
+    #[arg(long, default_value_t = 500.0)]
+    pub indexed_huge_min_qps: f64,
+    #[arg(long, default_value_t = 7200)]
+    pub indexed_huge_timeout_s: u64,
     /// fat (not in the default list; memory with big templates): Jobs × parallelism ×
     /// completions whose pod template carries --fat-template-kib of annotation.
     #[arg(long, default_value_t = 16)]
@@ -76,7 +92,7 @@ pub struct Args {
     pub fat_completions: u32,
     #[arg(long, default_value_t = 100)]
     pub fat_template_kib: u32,
-    /// Pending → Running delay of every pod (kwok; the ceiling's driver waits the same).
+    /// Pending → Running delay of every pod (kwok, for every side's pods).
     #[arg(long, default_value_t = 100)]
     pub pod_start_ms: u64,
     /// Running → Succeeded/Failed delay of every pod.

@@ -1,6 +1,6 @@
 //! Runs every workload through every side, one cluster per client limit, and measures.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -20,12 +20,14 @@ use crate::Args;
 use crate::ceiling::Ceiling;
 use crate::cluster::{Cluster, Jobkeeper, Limit, Settings};
 use crate::procfs::{self, PeakSampler};
-use crate::watch::{Injection, Recorder, State};
+use crate::watch::{Injection, JobRecord, Recorder, State};
 use crate::workload::{CEILING_MANAGER, Workload};
 
 pub const JOBKEEPER_MANAGER: &str = "jobkeeper.dev/job-controller";
+/// How long creating or deleting the foreign pods may take.
+const FOREIGN_WAIT: Duration = Duration::from_secs(1800);
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunResult {
     pub limit: String,
     pub workload: Workload,
@@ -54,6 +56,10 @@ pub struct RunResult {
     pub etcd_cpu_s: Option<f64>,
     pub max_status_bytes: usize,
     pub max_object_bytes: usize,
+    /// The longest time, over the run's Jobs, that a Job was unfinished while its counted
+    /// pods (succeeded + failed) did not grow; None for the ceiling, which counts once.
+    #[serde(default)]
+    pub longest_stall_s: Option<f64>,
     /// Requests by the side's identity in the run's namespace: "verb resource" → count.
     pub api: BTreeMap<String, u64>,
     /// Of those, answered with an error: "verb resource code" → count.
@@ -100,10 +106,9 @@ pub async fn all(
                 .iter()
                 .any(|r: &RunResult| r.is(&limit.label(), &w.name, side))
         };
-        if workloads
-            .iter()
-            .all(|w| args.sides.iter().all(|side| done(w, side)))
-        {
+        if workloads.iter().all(|w| {
+            !w.runs_at(f64::from(limit.qps)) || args.sides.iter().all(|side| done(w, side))
+        }) {
             info!(limit = %limit.label(), "every run of this limit is done already");
             continue;
         }
@@ -134,27 +139,26 @@ pub async fn all(
                 None
             };
             for w in workloads {
-                for side in &args.sides {
-                    if done(w, side) {
-                        continue;
-                    }
-                    let controller = match side.as_str() {
-                        "kcm" => Some(cluster.pid("kube-controller-manager")?),
-                        "jobkeeper" => jobkeeper.as_ref().map(|j| j.pid),
-                        _ => None,
-                    };
-                    let r = run_one(&cluster, limit, w, side, controller, args).await?;
-                    info!(
-                        limit = %limit.label(), workload = %w.name, side = %side,
-                        wall_s = format!("{:.1}", r.wall_s), timed_out = r.timed_out,
-                        "run finished"
-                    );
-                    std::fs::write(
-                        raw.join(format!("run-{}-{}-{}.json", limit.slug(), w.name, side)),
-                        serde_json::to_vec(&r)?,
-                    )?;
-                    these.push(r);
+                let sides: Vec<&str> = args
+                    .sides
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|s| !done(w, s))
+                    .collect();
+                if sides.is_empty() {
+                    continue;
                 }
+                if !w.runs_at(f64::from(limit.qps)) {
+                    info!(limit = %limit.label(), workload = %w.name, min_qps = w.min_qps, "not run at this limit");
+                    continue;
+                }
+                let controller = jobkeeper.as_ref().map(|j| j.pid);
+                let on = On {
+                    cluster: &cluster,
+                    limit,
+                    jobkeeper: controller,
+                };
+                these.extend(run_workload(&on, w, &sides, args, raw).await?);
             }
             if let Some(j) = jobkeeper {
                 j.stop().await;
@@ -168,6 +172,52 @@ pub async fn all(
         save(raw, &results)?;
     }
     Ok(results)
+}
+
+/// Where a workload runs: the cluster of one client limit and its jobkeeper, if any.
+struct On<'a> {
+    cluster: &'a Cluster,
+    limit: Limit,
+    jobkeeper: Option<u32>,
+}
+
+/// Runs one workload through `sides`, with its foreign pods around it if it has any;
+/// saves every run as it finishes.
+async fn run_workload(
+    on: &On<'_>,
+    w: &Workload,
+    sides: &[&str],
+    args: &Args,
+    raw: &Path,
+) -> anyhow::Result<Vec<RunResult>> {
+    let (cluster, limit) = (on.cluster, on.limit);
+    let foreign = w.foreign_pods > 0;
+    if foreign {
+        crate::foreign::create(&cluster.admin, w.foreign_pods, FOREIGN_WAIT).await?;
+    }
+    let mut runs = Vec::new();
+    for &side in sides {
+        let controller = match side {
+            "kcm" => Some(cluster.pid("kube-controller-manager")?),
+            "jobkeeper" => on.jobkeeper,
+            _ => None,
+        };
+        let r = run_one(cluster, limit, w, side, controller, args).await?;
+        info!(
+            limit = %limit.label(), workload = %w.name, side = %side,
+            wall_s = format!("{:.1}", r.wall_s), timed_out = r.timed_out,
+            "run finished"
+        );
+        std::fs::write(
+            raw.join(format!("run-{}-{}-{}.json", limit.slug(), w.name, side)),
+            serde_json::to_vec(&r)?,
+        )?;
+        runs.push(r);
+    }
+    if foreign {
+        crate::foreign::delete(&cluster.admin, FOREIGN_WAIT).await?;
+    }
+    Ok(runs)
 }
 
 /// The runs measured so far (OUT/raw/results.json), none if there is no such file yet.
@@ -225,7 +275,7 @@ pub fn recover(args: &Args, raw: &Path) -> anyhow::Result<Vec<RunResult>> {
     Ok(results)
 }
 
-async fn prepare_namespace(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
+pub async fn prepare_namespace(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let object: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
     match namespaces.create(&PostParams::default(), &object).await {
@@ -272,8 +322,8 @@ async fn run_one(
 
     let start_wall = Timestamp::now();
     let t0 = rec.now_ms();
-    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
-    let writers = create_jobs(cluster, &ns, w, side, args).await?;
+    let deadline = Instant::now() + w.timeout(args.timeout_s);
+    let writers = create_jobs(cluster, &ns, w, side).await?;
     let waited = wait_for_jobs(&rec, writers, deadline, w.jobs).await?;
     let usage = meters.finish();
     // Let trailing writes (events, the last finalizer patches) land inside the window.
@@ -282,7 +332,7 @@ async fn run_one(
 
     rec.stop();
     let state = std::mem::take(&mut *rec.state.lock().expect("state lock"));
-    let tally = Tally::of(&state, side, t0);
+    let tally = Tally::of(&state, side, t0, waited.end_ms);
     let result = RunResult {
         limit: limit.label(),
         workload: w.clone(),
@@ -307,6 +357,7 @@ async fn run_one(
         etcd_cpu_s: usage.etcd_cpu_s,
         max_status_bytes: tally.max_status_bytes,
         max_object_bytes: tally.max_object_bytes,
+        longest_stall_s: tally.longest_stall_s,
         api: BTreeMap::new(),
         api_errors: BTreeMap::new(),
         api_cluster: BTreeMap::new(),
@@ -371,7 +422,6 @@ async fn create_jobs(
     ns: &str,
     w: &Workload,
     side: &str,
-    args: &Args,
 ) -> anyhow::Result<JoinSet<anyhow::Result<()>>> {
     let jobs_api: Api<Job> = Api::namespaced(cluster.admin.clone(), ns);
     let managed_by = match side {
@@ -379,13 +429,10 @@ async fn create_jobs(
         "jobkeeper" => Some(JOBKEEPER_MANAGER),
         _ => Some(CEILING_MANAGER),
     };
-    let ceiling = (side == "ceiling").then(|| {
-        Ceiling::new(
-            cluster.ceiling.clone(),
-            w.clone(),
-            Duration::from_millis(args.pod_start_ms + args.pod_run_ms),
-        )
-    });
+    let ceiling = match side {
+        "ceiling" => Some(Ceiling::start(cluster.ceiling.clone(), w.clone(), ns).await?),
+        _ => None,
+    };
     let mut writers = JoinSet::new();
     let create = |i: u32| {
         let jobs_api = jobs_api.clone();
@@ -481,16 +528,22 @@ struct Tally {
     completions: Vec<(f64, u64)>,
     max_status_bytes: usize,
     max_object_bytes: usize,
+    longest_stall_s: Option<f64>,
 }
 
 impl Tally {
-    fn of(state: &State, side: &str, t0: f64) -> Tally {
+    fn of(state: &State, side: &str, t0: f64, end_ms: f64) -> Tally {
         let jobs = || state.jobs.values();
         let (pod_latency_ms, complete_latency_ms) = if side == "ceiling" {
             (Vec::new(), Vec::new())
         } else {
             latencies(state)
         };
+        let longest_stall_s = (side != "ceiling").then(|| {
+            jobs()
+                .map(|j| longest_stall_ms(j, end_ms) / 1000.0)
+                .fold(0.0, f64::max)
+        });
         let final_counts = jobs().filter_map(|j| j.counted.last());
         let (pods_succeeded, pods_failed) = final_counts
             .fold((0u64, 0u64), |(s, f), &(_, a, b)| {
@@ -509,33 +562,71 @@ impl Tally {
             completions: completions(state, t0),
             max_status_bytes: jobs().map(|j| j.max_status_bytes).max().unwrap_or(0),
             max_object_bytes: jobs().map(|j| j.max_object_bytes).max().unwrap_or(0),
+            longest_stall_s,
         }
     }
 }
 
+/// The longest time a Job was unfinished while its counted pods (succeeded + failed) did
+/// not grow: the largest gap between its creation, each increase of the count and its
+/// finish (Complete or Failed), or `end_ms` if it never finished.
+fn longest_stall_ms(job: &JobRecord, end_ms: f64) -> f64 {
+    let finish = job.complete_ms.or(job.failed_ms).unwrap_or(end_ms);
+    let mut last = job.created_ms;
+    let mut counted = 0;
+    let mut longest: f64 = 0.0;
+    for &(at, s, f) in job.counted.iter().take_while(|&&(at, _, _)| at <= finish) {
+        if s + f > counted {
+            longest = longest.max(at - last);
+            last = at;
+            counted = s + f;
+        }
+    }
+    longest.max(finish - last)
+}
+
 /// Pod done → counted for every pod, and last pod → Complete for every Job.
 fn latencies(state: &State) -> (Vec<f64>, Vec<f64>) {
+    let mut terminal: HashMap<&str, Vec<f64>> = HashMap::new();
+    for p in state.pods.values() {
+        if let Some(t) = p.terminal_ms {
+            terminal.entry(p.job.as_str()).or_default().push(t);
+        }
+    }
     let mut pod_latency = Vec::new();
     let mut complete_latency = Vec::new();
     for (name, job) in &state.jobs {
-        let mut terminal: Vec<f64> = state
-            .pods
-            .values()
-            .filter(|p| &p.job == name)
-            .filter_map(|p| p.terminal_ms)
-            .collect();
+        let Some(terminal) = terminal.get_mut(name.as_str()) else {
+            continue;
+        };
         terminal.sort_by(f64::total_cmp);
-        // The k-th pod to finish is counted when the counters first reach k.
-        for (k, t) in terminal.iter().enumerate() {
-            if let Some(&(at, _, _)) = job.counted.iter().find(|&&(_, s, f)| (s + f) as usize > k) {
-                pod_latency.push((at - t).max(0.0));
-            }
-        }
+        pod_latency.extend(counted_latencies(terminal, &job.counted));
         if let (Some(done), Some(last)) = (job.complete_ms, terminal.last()) {
             complete_latency.push((done - last).max(0.0));
         }
     }
     (pod_latency, complete_latency)
+}
+
+/// The k-th pod to finish (`terminal` sorted) is counted when the counters first reach k:
+/// one pass over both, as the first status counting k is the first whose running maximum
+/// of `succeeded + failed` exceeds k.
+fn counted_latencies(terminal: &[f64], counted: &[(f64, u32, u32)]) -> Vec<f64> {
+    let mut out = Vec::with_capacity(terminal.len());
+    let mut next = 0;
+    let mut reached = 0usize;
+    for (k, t) in terminal.iter().enumerate() {
+        while reached <= k && next < counted.len() {
+            let (_, s, f) = counted[next];
+            reached = reached.max((s + f) as usize);
+            next += 1;
+        }
+        if reached > k {
+            let (at, _, _) = counted[next - 1];
+            out.push((at - t).max(0.0));
+        }
+    }
+    out
 }
 
 /// (seconds since t0, pods counted as succeeded in all Job statuses) at every increase.
@@ -626,7 +717,7 @@ async fn cleanup(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch::{JobRecord, PodRecord};
+    use crate::watch::PodRecord;
 
     /// The watcher's state for Jobs whose pods finished at the given times.
     fn state_with(jobs: &[(&str, &[f64], JobRecord)]) -> State {
@@ -685,7 +776,8 @@ mod tests {
             ..JobRecord::default()
         };
         let state = state_with(&[("a", &[100.0], record)]);
-        let tally = Tally::of(&state, "ceiling", 0.0);
+        let tally = Tally::of(&state, "ceiling", 0.0, 190.0);
+        assert_eq!(tally.longest_stall_s, None);
         assert!(tally.pod_latency_ms.is_empty() && tally.complete_latency_ms.is_empty());
         assert_eq!((tally.jobs_complete, tally.pods_succeeded), (1, 1));
         let waited = Waited {
@@ -702,6 +794,54 @@ mod tests {
         assert_eq!(
             timed_out.finish_ms("jobkeeper", tally.last_finished_ms),
             190.0
+        );
+    }
+
+    #[test]
+    fn counted_latencies_match_the_first_status_whose_running_maximum_reaches_k() {
+        // The count dips (a stale write) and comes back: pod 2 is counted by the first
+        // status that reached 3, not by the later one.
+        let counted = [(10.0, 1, 0), (20.0, 3, 0), (30.0, 2, 0), (40.0, 4, 0)];
+        assert_eq!(
+            counted_latencies(&[1.0, 2.0, 3.0, 4.0, 5.0], &counted),
+            vec![9.0, 18.0, 17.0, 36.0]
+        );
+        assert!(counted_latencies(&[1.0], &[]).is_empty());
+    }
+
+    #[test]
+    fn the_longest_stall_is_the_widest_gap_between_creation_increases_and_the_finish() {
+        let job = JobRecord {
+            created_ms: 1000.0,
+            // 1000 → 3000 (2 s), no increase at 4000 and 9000, 3000 → 20000 (17 s).
+            counted: vec![
+                (1000.0, 0, 0),
+                (3000.0, 1, 0),
+                (4000.0, 1, 0),
+                (9000.0, 1, 0),
+                (20000.0, 1, 1),
+                (21000.0, 2, 1),
+            ],
+            complete_ms: Some(21500.0),
+            ..JobRecord::default()
+        };
+        assert_eq!(longest_stall_ms(&job, 99_000.0), 17_000.0);
+    }
+
+    #[test]
+    fn an_unfinished_job_stalls_until_the_end_of_the_run() {
+        let job = JobRecord {
+            created_ms: 0.0,
+            counted: vec![(500.0, 1, 0)],
+            ..JobRecord::default()
+        };
+        assert_eq!(longest_stall_ms(&job, 60_500.0), 60_000.0);
+        let never_counted = JobRecord::default();
+        assert_eq!(longest_stall_ms(&never_counted, 5_000.0), 5_000.0);
+        let state = state_with(&[("a", &[100.0], job)]);
+        assert_eq!(
+            Tally::of(&state, "kcm", 0.0, 60_500.0).longest_stall_s,
+            Some(60.0)
         );
     }
 }

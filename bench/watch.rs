@@ -1,7 +1,8 @@
 //! One watcher per run on the run's namespace, the same for every side: it stamps each pod's
 //! terminal phase and each Job status change with the time the event arrived, and injects
 //! the workload's failures (an exit-code annotation on the first pods of a Job, before kwok
-//! starts them, so kwok's fail stage picks them up).
+//! starts them, so kwok's fail stage picks them up). Pods are decoded slim (`SlimPod`):
+//! only what the records need, so 100,000 pods cost the bench little.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::slim::SlimPod;
 use crate::workload::EXIT_CODE_ANNOTATION;
 
 #[derive(Debug, Default, Clone)]
@@ -28,6 +30,8 @@ pub struct PodRecord {
 
 #[derive(Debug, Default, Clone)]
 pub struct JobRecord {
+    /// When the Job was first seen.
+    pub created_ms: f64,
     /// (ms, succeeded, failed) at every change of the counters.
     pub counted: Vec<(f64, u32, u32)>,
     pub complete_ms: Option<f64>,
@@ -62,13 +66,6 @@ fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
 }
 
-fn job_of(pod: &Pod) -> Option<String> {
-    pod.owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "Job")
-        .map(|o| o.name.clone())
-}
-
 impl Recorder {
     /// Starts watching `ns`; resolves once both watches listed.
     pub async fn start(client: kube::Client, ns: &str, injection: Option<Injection>) -> Recorder {
@@ -80,10 +77,10 @@ impl Recorder {
         };
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(2);
 
-        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let pods: Api<SlimPod> = Api::namespaced(client.clone(), ns);
         let r = rec.clone();
         let ready = ready_tx.clone();
-        let pods_api = pods.clone();
+        let pods_api: Api<Pod> = Api::namespaced(client.clone(), ns);
         let pod_task = tokio::spawn(async move {
             let mut events = watcher(pods, watcher::Config::default())
                 .default_backoff()
@@ -137,11 +134,13 @@ impl Recorder {
         ms_since(self.start)
     }
 
-    fn on_pod(&self, pod: &Pod, injection: Option<&Injection>, api: &Api<Pod>) {
+    fn on_pod(&self, pod: &SlimPod, injection: Option<&Injection>, api: &Api<Pod>) {
         let now = ms_since(self.start);
-        let Some(job) = job_of(pod) else { return };
+        let Some(job) = pod.job().map(str::to_string) else {
+            return;
+        };
         let uid = pod.uid().unwrap_or_default();
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        let phase = pod.phase.as_deref();
         let mut state = self.state.lock().expect("state lock");
         let first = !state.pods.contains_key(&uid);
         if first {
@@ -170,10 +169,10 @@ impl Recorder {
             ..Default::default()
         });
         if record.terminal_ms.is_none()
-            && let Some(p @ ("Succeeded" | "Failed")) = phase
+            && let Some(failed) = pod.terminal()
         {
             record.terminal_ms = Some(now);
-            record.failed = p == "Failed";
+            record.failed = failed;
         }
     }
 
@@ -193,7 +192,13 @@ impl Recorder {
         let status_bytes = serde_json::to_vec(&status).map(|v| v.len()).unwrap_or(0);
         let object_bytes = serde_json::to_vec(job).map(|v| v.len()).unwrap_or(0);
         let mut state = self.state.lock().expect("state lock");
-        let record = state.jobs.entry(job.name_any()).or_default();
+        let record = state
+            .jobs
+            .entry(job.name_any())
+            .or_insert_with(|| JobRecord {
+                created_ms: now,
+                ..JobRecord::default()
+            });
         let last = record.counted.last().map(|&(_, s, f)| (s, f));
         if last != Some((succeeded, failed)) {
             record.counted.push((now, succeeded, failed));

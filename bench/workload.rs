@@ -14,7 +14,7 @@ pub const BENCH_LABEL: &str = "jobkeeper.dev/bench";
 pub const EXIT_CODE_ANNOTATION: &str = "jobkeeper.dev/exit-code";
 pub const CEILING_MANAGER: &str = "jobkeeper.dev/bench-ceiling";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Workload {
     pub name: String,
     pub jobs: u32,
@@ -28,6 +28,16 @@ pub struct Workload {
     /// KiB of pod template annotation (every pod carries a copy): a fat template.
     #[serde(default)]
     pub template_kib: u32,
+    /// Bare pods no Job owns, running on the fake node in a namespace of their own while
+    /// every side runs this workload.
+    #[serde(default)]
+    pub foreign_pods: u32,
+    /// Runs only on clusters whose client QPS is at least this (0: every limit).
+    #[serde(default)]
+    pub min_qps: f64,
+    /// Gives up on one run after this many seconds; None: --timeout-s.
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
 }
 
 fn scaled(n: u32, scale: f64) -> u32 {
@@ -47,6 +57,7 @@ impl Workload {
                 fail_per_job: 0,
                 create_rate: Some(a.paced_rate),
                 template_kib: 0,
+                ..Workload::plain()
             },
             "small" => Workload {
                 name: name.into(),
@@ -57,6 +68,7 @@ impl Workload {
                 fail_per_job: 0,
                 create_rate: None,
                 template_kib: 0,
+                ..Workload::plain()
             },
             "wide" => Workload {
                 name: name.into(),
@@ -68,6 +80,7 @@ impl Workload {
                     as u32,
                 create_rate: None,
                 template_kib: 0,
+                ..Workload::plain()
             },
             "indexed" => Workload {
                 name: name.into(),
@@ -78,6 +91,7 @@ impl Workload {
                 fail_per_job: 0,
                 create_rate: None,
                 template_kib: 0,
+                ..Workload::plain()
             },
             "fat" => Workload {
                 name: name.into(),
@@ -88,12 +102,58 @@ impl Workload {
                 fail_per_job: 0,
                 create_rate: None,
                 template_kib: a.fat_template_kib,
+                ..Workload::plain()
+            },
+            "small-foreign" => Workload {
+                name: name.into(),
+                foreign_pods: scaled(a.foreign_pods, s),
+                ..Workload::from_args("small", a)?
+            },
+            "indexed-huge" => Workload {
+                name: name.into(),
+                jobs: 1,
+                parallelism: scaled(a.indexed_huge_parallelism, s),
+                completions: scaled(a.indexed_huge_completions, s),
+                indexed: true,
+                min_qps: a.indexed_huge_min_qps,
+                timeout_s: Some(a.indexed_huge_timeout_s),
+                ..Workload::plain()
             },
             other => {
-                anyhow::bail!("unknown workload {other:?} (paced, small, wide, indexed, fat)")
+                anyhow::bail!(
+                    "unknown workload {other:?} (paced, small, small-foreign, wide, indexed, \
+                     indexed-huge, fat)"
+                )
             }
         };
         Ok(w)
+    }
+
+    /// One 1-pod Job and nothing else: the base the workloads above change.
+    fn plain() -> Workload {
+        Workload {
+            name: String::new(),
+            jobs: 1,
+            parallelism: 1,
+            completions: 1,
+            indexed: false,
+            fail_per_job: 0,
+            create_rate: None,
+            template_kib: 0,
+            foreign_pods: 0,
+            min_qps: 0.0,
+            timeout_s: None,
+        }
+    }
+
+    /// Whether this workload runs on a cluster with this client QPS.
+    pub fn runs_at(&self, qps: f64) -> bool {
+        qps >= self.min_qps
+    }
+
+    /// How long one run may take.
+    pub fn timeout(&self, default_s: u64) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_s.unwrap_or(default_s))
     }
 
     /// Pods a perfect controller creates for one Job.
@@ -123,6 +183,18 @@ impl Workload {
         }
         if self.template_kib > 0 {
             s += &format!(", a {} KiB pod template", self.template_kib);
+        }
+        if self.foreign_pods > 0 {
+            s += &format!(
+                ", with {} running pods no Job owns in another namespace",
+                self.foreign_pods
+            );
+        }
+        if self.min_qps > 0.0 {
+            s += &format!(", only at client limits of {} QPS or more", self.min_qps);
+        }
+        if let Some(t) = self.timeout_s {
+            s += &format!(", {t} s timeout");
         }
         s
     }
@@ -163,5 +235,61 @@ impl Workload {
             "spec": spec
         }))
         .expect("a valid Job")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn workload(name: &str, scale: &str) -> Workload {
+        let args = Args::parse_from(["jobkeeper-bench", "--scale", scale]);
+        Workload::from_args(name, &args).expect("a known workload")
+    }
+
+    #[test]
+    fn the_default_list_has_every_scale_case_and_each_parses() {
+        let args = Args::parse_from(["jobkeeper-bench"]);
+        for name in ["small-foreign", "indexed-huge"] {
+            assert!(args.workloads.iter().any(|w| w == name), "{name}");
+        }
+        for name in &args.workloads {
+            Workload::from_args(name, &args).expect("a known workload");
+        }
+        assert!(Workload::from_args("huge", &args).is_err());
+    }
+
+    #[test]
+    fn indexed_huge_is_100k_by_1000_at_500_qps_or_more_with_an_hour_or_more() {
+        let w = workload("indexed-huge", "1");
+        assert_eq!((w.jobs, w.completions, w.parallelism), (1, 100_000, 1000));
+        assert!(w.indexed);
+        assert!(w.runs_at(500.0) && !w.runs_at(20.0) && !w.runs_at(30.0));
+        assert!(w.timeout(1800) >= std::time::Duration::from_secs(3600));
+        assert_eq!(w.minimum_requests_per_job(), 200_002);
+    }
+
+    #[test]
+    fn scale_shrinks_the_huge_job_and_the_foreign_pods_but_never_to_zero() {
+        let w = workload("indexed-huge", "0.01");
+        assert_eq!((w.completions, w.parallelism), (1000, 10));
+        let f = workload("small-foreign", "0.01");
+        let small = workload("small", "0.01");
+        assert_eq!(f.foreign_pods, 500);
+        assert_eq!((f.jobs, f.completions), (small.jobs, small.completions));
+        assert_eq!(workload("small-foreign", "1").foreign_pods, 50_000);
+        assert_eq!(workload("small", "1").foreign_pods, 0);
+        assert_eq!(scaled(100_000, 0.000_001), 1);
+    }
+
+    #[test]
+    fn other_workloads_run_at_every_limit_with_the_default_timeout() {
+        for name in ["paced", "small", "small-foreign", "wide", "indexed", "fat"] {
+            let w = workload(name, "1");
+            assert!(w.runs_at(20.0), "{name}");
+            assert_eq!(w.timeout(1800), std::time::Duration::from_secs(1800));
+        }
     }
 }

@@ -1,0 +1,129 @@
+//! A pod as the bench's watches need it: name, uid, resourceVersion, owners and phase.
+//! Decoding skips everything else (spec, annotations, managed fields, conditions), so a
+//! watch over 100,000 pods costs the bench little memory and CPU.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::{Metadata, NamespaceResourceScope, Resource};
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(from = "Wire")]
+pub struct SlimPod {
+    /// Only name, namespace, uid, resourceVersion and ownerReferences are set.
+    pub metadata: ObjectMeta,
+    pub phase: Option<String>,
+}
+
+/// The fields read off the wire; serde skips every other one without keeping it.
+#[derive(Deserialize)]
+struct Wire {
+    #[serde(default)]
+    metadata: WireMeta,
+    #[serde(default)]
+    status: Option<WireStatus>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    #[serde(default)]
+    owner_references: Option<Vec<OwnerReference>>,
+}
+
+#[derive(Deserialize)]
+struct WireStatus {
+    phase: Option<String>,
+}
+
+impl From<Wire> for SlimPod {
+    fn from(w: Wire) -> SlimPod {
+        let m = w.metadata;
+        SlimPod {
+            metadata: ObjectMeta {
+                name: m.name,
+                namespace: m.namespace,
+                uid: m.uid,
+                resource_version: m.resource_version,
+                owner_references: m.owner_references,
+                ..ObjectMeta::default()
+            },
+            phase: w.status.and_then(|s| s.phase),
+        }
+    }
+}
+
+impl Resource for SlimPod {
+    const API_VERSION: &'static str = "v1";
+    const GROUP: &'static str = "";
+    const KIND: &'static str = "Pod";
+    const VERSION: &'static str = "v1";
+    const URL_PATH_SEGMENT: &'static str = "pods";
+    type Scope = NamespaceResourceScope;
+}
+
+impl Metadata for SlimPod {
+    type Ty = ObjectMeta;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl SlimPod {
+    /// The Job that controls this pod, if any.
+    pub fn job(&self) -> Option<&str> {
+        self.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true) && o.kind == "Job")
+            .map(|o| o.name.as_str())
+    }
+
+    /// Whether the pod finished, and if so whether it failed.
+    pub fn terminal(&self) -> Option<bool> {
+        match self.phase.as_deref() {
+            Some("Succeeded") => Some(false),
+            Some("Failed") => Some(true),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_only_owner_and_phase_and_skips_the_rest() {
+        let pod: SlimPod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "a-0", "namespace": "ns", "uid": "u", "resourceVersion": "7",
+                "annotations": {"big": "x".repeat(1000)},
+                "managedFields": [{"manager": "m"}],
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "ReplicaSet", "name": "r", "uid": "1"},
+                    {"apiVersion": "batch/v1", "kind": "Job", "name": "a", "uid": "2",
+                     "controller": true}
+                ]
+            },
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Failed", "conditions": []}
+        }))
+        .expect("decodes");
+        assert_eq!(pod.job(), Some("a"));
+        assert_eq!(pod.terminal(), Some(true));
+        assert!(pod.metadata.annotations.is_none());
+        assert_eq!(pod.metadata.resource_version.as_deref(), Some("7"));
+        let bare: SlimPod = serde_json::from_value(serde_json::json!({"metadata": {"name": "b"}}))
+            .expect("decodes");
+        assert_eq!((bare.job(), bare.terminal()), (None, None));
+    }
+}
