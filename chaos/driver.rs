@@ -300,6 +300,11 @@ async fn lifecycle(ctx: Arc<Ctx>, plan: Plan) -> anyhow::Result<()> {
 
 async fn create(ctx: &Ctx, plan: &Plan, name: &str) -> anyhow::Result<()> {
     let job = scenario::job(plan, name, ctx.managed_by(name));
+    // The crowding check must not hang on the observer's Job watch: when it is reconnecting
+    // (after an apiserver restart) while the Job is created and scaled down, its relist
+    // shows only the lower parallelism, and the pods started at the first one looked like
+    // crowding (run 2026-12-05-b, two-replicas: 3 pods at parallelism 3, then scaled to 1).
+    ctx.observer.allow_parallelism(name, plan.parallelism);
     let created = retry(
         &format!("creating {name}"),
         |e| (code(e) == Some(409)).then_some(None),
