@@ -49,69 +49,40 @@ impl Workload {
         let s = a.scale;
         let w = match name {
             "paced" => Workload {
-                name: name.into(),
                 jobs: scaled(a.paced_jobs, s),
-                parallelism: 1,
-                completions: 1,
-                indexed: false,
-                fail_per_job: 0,
                 create_rate: Some(a.paced_rate),
-                template_kib: 0,
                 ..Workload::plain()
             },
             "small" => Workload {
-                name: name.into(),
                 jobs: scaled(a.small_jobs, s),
-                parallelism: 1,
-                completions: 1,
-                indexed: false,
-                fail_per_job: 0,
-                create_rate: None,
-                template_kib: 0,
                 ..Workload::plain()
             },
             "wide" => Workload {
-                name: name.into(),
                 jobs: scaled(a.wide_jobs, s),
                 parallelism: a.wide_parallelism,
                 completions: a.wide_completions,
-                indexed: false,
                 fail_per_job: (f64::from(a.wide_completions) * a.wide_fail_percent / 100.0).round()
                     as u32,
-                create_rate: None,
-                template_kib: 0,
                 ..Workload::plain()
             },
             "indexed" => Workload {
-                name: name.into(),
-                jobs: 1,
                 parallelism: scaled(a.indexed_parallelism, s),
                 completions: scaled(a.indexed_completions, s),
                 indexed: true,
-                fail_per_job: 0,
-                create_rate: None,
-                template_kib: 0,
                 ..Workload::plain()
             },
             "fat" => Workload {
-                name: name.into(),
                 jobs: scaled(a.fat_jobs, s),
                 parallelism: scaled(a.fat_parallelism, s),
                 completions: scaled(a.fat_completions, s),
-                indexed: false,
-                fail_per_job: 0,
-                create_rate: None,
                 template_kib: a.fat_template_kib,
                 ..Workload::plain()
             },
             "small-foreign" => Workload {
-                name: name.into(),
                 foreign_pods: scaled(a.foreign_pods, s),
                 ..Workload::from_args("small", a)?
             },
             "indexed-huge" => Workload {
-                name: name.into(),
-                jobs: 1,
                 parallelism: scaled(a.indexed_huge_parallelism, s),
                 completions: scaled(a.indexed_huge_completions, s),
                 indexed: true,
@@ -126,23 +97,19 @@ impl Workload {
                 )
             }
         };
-        Ok(w)
+        Ok(Workload {
+            name: name.into(),
+            ..w
+        })
     }
 
-    /// One 1-pod Job and nothing else: the base the workloads above change.
+    /// One 1-pod Job and nothing else: the base each workload above changes.
     fn plain() -> Workload {
         Workload {
-            name: String::new(),
             jobs: 1,
             parallelism: 1,
             completions: 1,
-            indexed: false,
-            fail_per_job: 0,
-            create_rate: None,
-            template_kib: 0,
-            foreign_pods: 0,
-            min_qps: 0.0,
-            timeout_s: None,
+            ..Workload::default()
         }
     }
 
