@@ -172,8 +172,30 @@ mod tests {
             "{:?}",
             p.decisions
         );
-        // Not counted in this plan: the next one counts it once its finalizer is back.
-        let status = p.status.unwrap();
-        assert!(!uncounted(&status).0.contains(&"restore-uid".to_string()));
+        // Not counted in this plan, nor anything else done: the next one counts it once
+        // its finalizer is back.
+        assert!(p.status.is_none());
+        assert!(p.create.is_empty() && p.delete.is_empty());
+    }
+
+    /// Chaos run 2026-12-05-d: index 0's pod, released for a scale-down, succeeded before
+    /// its delete; the plan that restored it also found index 0 missing and made a second
+    /// pod for it, and both succeeded.
+    #[test]
+    fn no_second_pod_for_the_index_of_a_pod_being_restored() {
+        let j = running(indexed_job(3, 1), 0);
+        let pods = [pod("zero", "Succeeded")
+            .index(0)
+            .no_finalizer()
+            .annotation(RELEASED_ANNOTATION, "true")];
+        let p = run(&j, &pods);
+        assert_eq!(names(&p.restore), vec!["zero"]);
+        assert!(p.create.is_empty(), "{:?}", p.decisions);
+        // Once restored (finalizer back, mark gone), index 0 is counted and index 1 made.
+        let restored = [pod("zero", "Succeeded").index(0)];
+        let p = run(&j, &restored);
+        assert!(p.restore.is_empty());
+        assert_eq!(p.create.len(), 1);
+        assert_eq!(p.create[0].index, Some(1));
     }
 }

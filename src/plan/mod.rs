@@ -224,6 +224,14 @@ pub fn plan(snapshot: &Snapshot<'_>) -> Plan {
     };
     let claimed = claim::claim(snapshot, &spec, &mut plan);
     claim::restore_released(&claimed, &mut plan);
+    if !plan.restore.is_empty() {
+        // A pod that succeeded while being deleted counts, but only once its finalizer is
+        // back: until then nothing else is planned, or its index (or its share of the
+        // completions) would look missing and get a second pod.
+        plan.outcome.rule = "keeping pods that succeeded while being deleted".to_string();
+        plan.requeue_at_most(Duration::from_secs(1));
+        return plan;
+    }
     let pods = classify::classify(&spec, claimed, &current);
     plan.backoff = backoff::next_record(
         snapshot.backoff,
