@@ -112,6 +112,13 @@ mod tests {
     use crate::plan::testing::*;
     use crate::plan::*;
 
+    /// A pod released for deletion (finalizer off, marked) whose delete did not happen.
+    fn released(name: &str, phase: &str) -> P {
+        pod(name, phase)
+            .no_finalizer()
+            .annotation(RELEASED_ANNOTATION, "true")
+    }
+
     #[test]
     fn matching_orphan_is_adopted_and_unmatching_pod_released() {
         let j = running(job(Some(3), 2), 1);
@@ -150,11 +157,6 @@ mod tests {
     #[test]
     fn a_released_pod_that_succeeded_before_its_delete_is_restored_and_only_it() {
         let j = running(job(Some(4), 2), 2);
-        let released = |name: &str, phase: &str| {
-            pod(name, phase)
-                .no_finalizer()
-                .annotation(RELEASED_ANNOTATION, "true")
-        };
         let pods = [
             released("restore", "Succeeded"),
             released("running", "Running"),
@@ -184,10 +186,7 @@ mod tests {
     #[test]
     fn no_second_pod_for_the_index_of_a_pod_being_restored() {
         let j = running(indexed_job(3, 1), 0);
-        let pods = [pod("zero", "Succeeded")
-            .index(0)
-            .no_finalizer()
-            .annotation(RELEASED_ANNOTATION, "true")];
+        let pods = [released("zero", "Succeeded").index(0)];
         let p = run(&j, &pods);
         assert_eq!(names(&p.restore), vec!["zero"]);
         assert!(p.create.is_empty(), "{:?}", p.decisions);
