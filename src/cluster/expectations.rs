@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
+use crate::cluster::pod_index::controller_of;
 use crate::plan::pods::has_tracking_finalizer;
 
 /// Entries the watch never confirms (a pod created and deleted before the cache saw it)
@@ -77,6 +78,9 @@ pub struct View {
     pub job: Arc<Job>,
     pub pods: Vec<Arc<Pod>>,
     pub finalizer_removed: HashSet<String>,
+    /// When the oldest pod we created that the cache has not shown yet stops being
+    /// expected: the Job must be looked at again by then, as no event may come for it.
+    pub unconfirmed_until: Option<Duration>,
 }
 
 fn uid_of(pod: &Pod) -> &str {
@@ -96,6 +100,7 @@ impl Expectations {
                 job,
                 pods: cached_pods,
                 finalizer_removed: HashSet::new(),
+                unconfirmed_until: None,
             };
         };
         let now = Instant::now();
@@ -147,6 +152,11 @@ impl Expectations {
         }
         pods.extend(exp.created.values().map(|(pod, _)| pod.clone()));
         let finalizer_removed = exp.finalizer_removed.keys().cloned().collect();
+        let unconfirmed_until = exp
+            .created
+            .values()
+            .map(|(_, since)| EXPECTATION_TTL.saturating_sub(now.duration_since(*since)))
+            .min();
 
         if exp.created.is_empty()
             && exp.deleted.is_empty()
@@ -159,6 +169,21 @@ impl Expectations {
             job,
             pods,
             finalizer_removed,
+            unconfirmed_until,
+        }
+    }
+
+    /// The pod watch no longer shows the pod: it was deleted, or its labels left the
+    /// watch's selector. A creation of ours the cache never confirmed while it was there
+    /// (its arrival and its departure both came between two syncs) will not be confirmed
+    /// now, so it stops counting; kept, it would stand in the view as a live pod.
+    pub fn pod_gone(&self, pod: &Pod) {
+        let Some(owner) = controller_of(pod) else {
+            return;
+        };
+        let mut all = self.inner.lock().expect("expectations lock");
+        if let Some(exp) = all.get_mut(&owner.uid) {
+            exp.created.remove(uid_of(pod));
         }
     }
 
@@ -225,7 +250,7 @@ impl Expectations {
 mod tests {
     use super::*;
     use crate::plan::TRACKING_FINALIZER;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
     fn job(uid: &str, rv: &str) -> Arc<Job> {
         Arc::new(Job {
@@ -258,6 +283,36 @@ mod tests {
         let v = e.view(job("j", "1"), vec![Arc::new(pod("p1", true))], &[]);
         assert_eq!(v.pods.len(), 1, "the cached copy replaces the expectation");
         assert!(e.inner.lock().unwrap().is_empty());
+    }
+
+    /// A manualSelector pod relabelled out of the selector moments after we created it: the
+    /// watch brought its arrival and its departure between two syncs. (Kept, it stood in
+    /// the view as a live pod and the Job never replaced it.)
+    #[test]
+    fn created_pod_the_watch_showed_and_lost_between_two_views_is_not_expected() {
+        let e = Expectations::default();
+        let mut created = pod("p1", true);
+        created.metadata.owner_references = Some(vec![OwnerReference {
+            uid: "j".into(),
+            controller: Some(true),
+            ..Default::default()
+        }]);
+        e.created("j", created.clone());
+        e.pod_gone(&created);
+        let v = e.view(job("j", "1"), vec![], &[]);
+        assert!(v.pods.is_empty());
+        assert_eq!(v.unconfirmed_until, None);
+    }
+
+    #[test]
+    fn a_view_with_an_unconfirmed_creation_says_when_to_look_again() {
+        let e = Expectations::default();
+        e.created("j", pod("p1", true));
+        let v = e.view(job("j", "1"), vec![], &[]);
+        let until = v.unconfirmed_until.expect("a creation is unconfirmed");
+        assert!(until <= EXPECTATION_TTL && until > EXPECTATION_TTL / 2);
+        let v = e.view(job("j", "1"), vec![Arc::new(pod("p1", true))], &[]);
+        assert_eq!(v.unconfirmed_until, None);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::cluster::expectations::Expectations;
 use crate::cluster::pod_decode::WatchedPod;
 use crate::edge::health::{Registration, WatchSettings};
 
@@ -72,6 +73,8 @@ pub struct SelectorWatches {
     wake: UnboundedSender<ObjectRef<Job>>,
     /// Pods that left a watch's selector without being deleted (release candidates).
     left: tokio::sync::mpsc::UnboundedSender<Arc<Pod>>,
+    /// Told of every pod a watch stops showing.
+    expectations: Expectations,
 }
 
 /// How long a sync waits for a new watch's first list before it comes back later.
@@ -81,8 +84,11 @@ impl SelectorWatches {
     pub fn new(
         client: Client,
         settings: WatchSettings,
-        wake: UnboundedSender<ObjectRef<Job>>,
-        left: tokio::sync::mpsc::UnboundedSender<Arc<Pod>>,
+        (wake, left): (
+            UnboundedSender<ObjectRef<Job>>,
+            tokio::sync::mpsc::UnboundedSender<Arc<Pod>>,
+        ),
+        expectations: Expectations,
     ) -> Self {
         SelectorWatches {
             client,
@@ -90,7 +96,12 @@ impl SelectorWatches {
             watches: Arc::default(),
             wake,
             left,
+            expectations,
         }
+    }
+
+    pub fn expectations(&self) -> &Expectations {
+        &self.expectations
     }
 
     /// The store of the Job's own watch, started now if it is not running, once it has
@@ -181,6 +192,7 @@ impl SelectorWatches {
         let job_ref = ObjectRef::from_obj(job);
         let wake = self.wake.clone();
         let left = self.left.clone();
+        let expectations = self.expectations.clone();
         let events = watcher(api, self.settings.config().labels(&selector))
             .default_backoff()
             .map_ok(crate::cluster::pod_decode::unwrap_watched)
@@ -193,6 +205,7 @@ impl SelectorWatches {
                             wake.unbounded_send(job_ref.clone()).ok();
                         }
                         Ok(Event::Delete(pod)) => {
+                            expectations.pod_gone(&pod);
                             if pod.metadata.deletion_timestamp.is_none() {
                                 left.send(Arc::new(pod)).ok();
                             }

@@ -174,13 +174,15 @@ pub fn controller(
     let (left_tx, left_rx) = mpsc::unbounded_channel();
     let (orphans_tx, orphans_rx) = mpsc::unbounded_channel();
     let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
+    let expectations = Expectations::default();
     let selector_watches = SelectorWatches::new(
         client.clone(),
         config.watches.clone(),
-        wake_tx,
-        left_tx.clone(),
+        (wake_tx, left_tx.clone()),
+        expectations.clone(),
     );
-    let (ctx, background) = context(&client, &config, metrics, jobs, pods, selector_watches);
+    let stores = (jobs, pods);
+    let (ctx, background) = context(&client, &config, metrics, stores, selector_watches);
 
     let (jobs_api, pods_api) = watches::apis(&client, &config.ownership.namespaces);
     let health = &config.watches.health;
@@ -195,11 +197,15 @@ pub fn controller(
         jobs_api, job_config, job_writer, ownership, to_cleanup, &ctx,
     );
     let namespaces = config.ownership.namespaces.clone();
-    let pod_index = ctx.pod_index.clone();
     let to_cleanup = (left_tx, orphans_tx);
     let pod_config = config.watches.config().labels(CONTROLLER_UID_LABEL);
     let pod_events = watches::pod_watch(
-        pods_api, pod_config, pod_writer, namespaces, to_cleanup, pod_index,
+        pods_api,
+        pod_config,
+        pod_writer,
+        namespaces,
+        to_cleanup,
+        (ctx.pod_index.clone(), ctx.expectations.clone()),
     );
     let ownership = config.ownership.clone();
     let cleanup = cleanup::cleanup_tasks(ctx.clone(), ownership, deleted_rx, left_rx, orphans_rx);
@@ -231,8 +237,7 @@ fn context(
     client: &Client,
     config: &RuntimeConfig,
     metrics: SharedMetrics,
-    jobs: Store<Job>,
-    pods: Store<Pod>,
+    (jobs, pods): (Store<Job>, Store<Pod>),
     selector_watches: SelectorWatches,
 ) -> (Arc<Context>, impl Future<Output = ()> + use<>) {
     let (events, publish_events) = event_sink(client, &config.reporter_instance);
@@ -242,7 +247,7 @@ fn context(
         jobs,
         pods,
         pod_index: PodIndex::default(),
-        expectations: Expectations::default(),
+        expectations: selector_watches.expectations().clone(),
         create_budget: CreateBudget::default(),
         backoff: Mutex::default(),
         errors: Mutex::default(),

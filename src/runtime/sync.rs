@@ -156,7 +156,12 @@ async fn sync(job: Arc<Job>, ctx: &Context, planning: &mut Duration) -> Result<A
         let mut plan = plan::plan(&snapshot);
         let held = hold_counter_only_status(ctx, &view.job, &uid, &mut plan);
         *planning += planning_started.elapsed();
-        let requeue = plan.requeue_after;
+        // A pod we created that no watch event confirms stops being expected after a
+        // while; look again then, whatever the plan says.
+        let requeue = match (plan.requeue_after, view.unconfirmed_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         // The backoff record counts failures the status records: keep it only once that
         // status is written, or a retried sync would count the same failures again.
         let backoff_after_write = plan.status.is_some().then(|| plan.backoff.clone());

@@ -19,6 +19,7 @@ use super::{Context, Ownership, Pending};
 
 /// Where the watches send what may have left pods holding the finalizer with no Job.
 pub(super) type OrphanHints = mpsc::UnboundedSender<OrphanHint>;
+use crate::cluster::expectations::Expectations;
 use crate::cluster::lenient::{Lenient, unwrap_event};
 use crate::cluster::pod_decode::{WatchedPod, unwrap_watched};
 use crate::cluster::pod_index::{PodIndex, controller_of, selector_of};
@@ -94,7 +95,7 @@ pub(super) fn pod_watch(
     writer: Writer<Pod>,
     namespaces: HashSet<String>,
     (left, orphans): (mpsc::UnboundedSender<Arc<Pod>>, OrphanHints),
-    index: PodIndex,
+    (index, expectations): (PodIndex, Expectations),
 ) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
     watcher(api, config)
         .inspect(|event| watch_expiry::log_if_expired("pods", event))
@@ -124,6 +125,9 @@ pub(super) fn pod_watch(
         .inspect(move |event| {
             if let Ok(event) = event {
                 index.apply(event);
+            }
+            if let Ok(Event::Delete(pod)) = event {
+                expectations.pod_gone(pod);
             }
             let hint = match event {
                 Ok(Event::InitDone) => Some(OrphanHint::Relisted),
