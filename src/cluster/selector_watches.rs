@@ -100,10 +100,6 @@ impl SelectorWatches {
         }
     }
 
-    pub fn expectations(&self) -> &Expectations {
-        &self.expectations
-    }
-
     /// The store of the Job's own watch, started now if it is not running, once it has
     /// listed; None for a Job with a generated selector. `Err` when the first list has not
     /// come in yet: the caller must not plan from an empty store.

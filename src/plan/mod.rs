@@ -258,7 +258,7 @@ pub fn plan(snapshot: &Snapshot<'_>) -> Plan {
 
 impl Plan {
     /// Asks to sync again within `after`; an earlier requeue stands.
-    fn requeue_at_most(&mut self, after: Duration) {
+    pub fn requeue_at_most(&mut self, after: Duration) {
         self.requeue_after = Some(self.requeue_after.map_or(after, |d| d.min(after)));
     }
 }

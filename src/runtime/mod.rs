@@ -181,8 +181,8 @@ pub fn controller(
         (wake_tx, left_tx.clone()),
         expectations.clone(),
     );
-    let stores = (jobs, pods);
-    let (ctx, background) = context(&client, &config, metrics, stores, selector_watches);
+    let shared = (jobs, pods, expectations);
+    let (ctx, background) = context(&client, &config, metrics, shared, selector_watches);
 
     let (jobs_api, pods_api) = watches::apis(&client, &config.ownership.namespaces);
     let health = &config.watches.health;
@@ -237,7 +237,7 @@ fn context(
     client: &Client,
     config: &RuntimeConfig,
     metrics: SharedMetrics,
-    (jobs, pods): (Store<Job>, Store<Pod>),
+    (jobs, pods, expectations): (Store<Job>, Store<Pod>, Expectations),
     selector_watches: SelectorWatches,
 ) -> (Arc<Context>, impl Future<Output = ()> + use<>) {
     let (events, publish_events) = event_sink(client, &config.reporter_instance);
@@ -247,7 +247,7 @@ fn context(
         jobs,
         pods,
         pod_index: PodIndex::default(),
-        expectations: selector_watches.expectations().clone(),
+        expectations,
         create_budget: CreateBudget::default(),
         backoff: Mutex::default(),
         errors: Mutex::default(),

@@ -158,10 +158,10 @@ async fn sync(job: Arc<Job>, ctx: &Context, planning: &mut Duration) -> Result<A
         *planning += planning_started.elapsed();
         // A pod we created that no watch event confirms stops being expected after a
         // while; look again then, whatever the plan says.
-        let requeue = match (plan.requeue_after, view.unconfirmed_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        if let Some(until) = view.unconfirmed_until {
+            plan.requeue_at_most(until);
+        }
+        let requeue = plan.requeue_after;
         // The backoff record counts failures the status records: keep it only once that
         // status is written, or a retried sync would count the same failures again.
         let backoff_after_write = plan.status.is_some().then(|| plan.backoff.clone());
@@ -248,7 +248,7 @@ fn hold_counter_only_status(ctx: &Context, job: &Job, uid: &str, plan: &mut plan
     plan.remove_finalizers.clear();
     plan.outcome.pods_finished.clear();
     plan.outcome.failure_policy_actions.clear();
-    plan.requeue_after = Some(plan.requeue_after.map_or(wait, |r| r.min(wait)));
+    plan.requeue_at_most(wait);
     ctx.metrics.status_writes_held.inc();
     true
 }
