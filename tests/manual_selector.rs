@@ -111,6 +111,47 @@ fn orphan(name: &str, labels: BTreeMap<String, String>) -> Pod {
     }
 }
 
+/// Waits until the built-in job controller's pod cache holds every pod created so far in
+/// the namespace. Its cache lags the apiserver: a Job it syncs before an orphan reaches the
+/// cache gets a new pod, and the orphan is adopted and deleted only afterwards, which is
+/// not the scenario under test (jobkeeper lists a manualSelector Job's pods when it first
+/// sees the Job, so it has no such lag). A suspended probe Job adopts a probe pod created
+/// after those pods (and, being suspended, then deletes it); one watch delivers all pods in
+/// order, so once the probe pod is adopted, the earlier pods are in the cache too.
+async fn built_in_controller_has_seen_the_pods(env: &TestEnv) {
+    let probe = "mso-probe";
+    env.pods()
+        .create(&PostParams::default(), &orphan(probe, labels_of(probe)))
+        .await
+        .expect("creating the probe pod");
+    let mut job = driven_job(probe, None);
+    manual(&mut job);
+    job.spec.as_mut().unwrap().suspend = Some(true);
+    env.create_job(&job).await;
+    let what = "the built-in controller to adopt the probe pod";
+    wait_for(what, std::time::Duration::from_secs(30), || async {
+        let pod = env
+            .pods()
+            .get_opt(probe)
+            .await
+            .expect("reading the probe pod");
+        adopted_by(pod.as_ref(), probe).then_some(())
+    })
+    .await;
+}
+
+/// Whether the Job `owner` has adopted the pod; a suspended owner deletes what it adopts,
+/// and nothing else deletes the pod, so a pod being deleted or gone was adopted too.
+fn adopted_by(pod: Option<&Pod>, owner: &str) -> bool {
+    pod.is_none_or(|pod| {
+        pod.metadata.deletion_timestamp.is_some()
+            || pod
+                .owner_references()
+                .iter()
+                .any(|o| o.name == owner && o.controller == Some(true))
+    })
+}
+
 #[tokio::test]
 async fn manual_selector_job_adopts_a_matching_orphan() {
     let env = TestEnv::new("manual-adopt").await;
@@ -124,6 +165,7 @@ async fn manual_selector_job_adopts_a_matching_orphan() {
             .await
             .expect("creating an orphan pod");
     }
+    built_in_controller_has_seen_the_pods(&env).await;
     let twins = Twins::create(&env, "mso", |j| {
         manual(j);
         let s = j.spec.as_mut().unwrap();
