@@ -143,7 +143,7 @@ pub struct Terms {
 }
 
 /// Cuts `writes` into terms and flags an incarnation whose writes are split by another's
-/// more often than it lost the lease (`lease_losses`, from its own log).
+/// more often than it stepped down as leader (`lease_losses`, from its own log).
 pub fn terms(writes: &[Write], lease_losses: &HashMap<String, u64>) -> Terms {
     let mut out = Terms::default();
     for w in writes {

@@ -23,6 +23,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::cluster::repo;
+use crate::controllers::steps_down;
 
 pub const SYSTEM_NS: &str = "jobkeeper-system";
 const SELECTOR: &str = "app.kubernetes.io/name=jobkeeper,app.kubernetes.io/component=controller";
@@ -231,7 +232,7 @@ impl InCluster {
             status.and_then(|c| c.container_id.clone())
         };
         if let Some(id) = container {
-            let lost = text.matches("lost the leader lease").count() as u64;
+            let lost = steps_down(&text);
             self.losses.insert(id, (pod_ip(pod), lost));
         }
     }
