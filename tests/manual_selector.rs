@@ -7,6 +7,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
+use jobkeeper::cluster::pod_index::controller_of;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -145,10 +146,7 @@ async fn built_in_controller_has_seen_the_pods(env: &TestEnv) {
 fn adopted_by(pod: Option<&Pod>, owner: &str) -> bool {
     pod.is_none_or(|pod| {
         pod.metadata.deletion_timestamp.is_some()
-            || pod
-                .owner_references()
-                .iter()
-                .any(|o| o.name == owner && o.controller == Some(true))
+            || controller_of(pod).is_some_and(|o| o.name == owner)
     })
 }
 

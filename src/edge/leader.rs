@@ -87,6 +87,10 @@ async fn shutdown_deadline(mut stop: watch::Receiver<bool>) {
     tokio::time::sleep(SHUTDOWN_GRACE).await;
 }
 
+/// What the leader logs when it steps down: no write of this process follows until it
+/// becomes the leader again (the chaos checker counts terms by it).
+pub const STEPPED_DOWN: &str = "stepped down: stopped syncing Jobs before the lease could expire";
+
 /// Runs the controller while we hold the Lease. True when it stopped on SIGTERM; false
 /// when we stepped down (the controller and every sync in it dropped: no write after this).
 async fn lead(
@@ -129,7 +133,7 @@ async fn lead(
                 reason = %lost.reason,
                 since_last_renew_ms = lost.since_last_renew.as_millis() as u64,
                 lease_duration_ms = timing.lease_duration.as_millis() as u64,
-                "stepped down: stopped syncing Jobs before the lease could expire; standing by"
+                "{STEPPED_DOWN}; standing by"
             );
             false
         }
