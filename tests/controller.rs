@@ -494,6 +494,35 @@ async fn jobs_of_other_controllers_are_left_alone() {
 }
 
 #[tokio::test]
+async fn pods_of_other_controllers_jobs_are_not_cached() {
+    let env = TestEnv::new("foreign-pods").await;
+    let mut theirs = driven_job("theirs", None);
+    let spec = theirs.spec.as_mut().unwrap();
+    spec.parallelism = Some(2);
+    spec.completions = Some(2);
+    env.create_job(&theirs).await;
+    // The built-in controller's pods carry the controller-uid label jobkeeper watches by.
+    env.wait_active("theirs", 2).await;
+    env.create_job(&driven_job("ours", Some(MANAGED_BY))).await;
+    let ours = env.wait_active("ours", 1).await.remove(0);
+    // Our pod turns ready after their pods were created: once our status shows it, the pod
+    // watch, which delivers pods in order, has come past theirs.
+    env.set_ready(&ours).await;
+    env.wait_status("ours", "ready=1", |s| s.ready == Some(1))
+        .await;
+    let c = env.controller();
+    wait_for(
+        "only our pod in the cache",
+        Duration::from_secs(10),
+        || async { (c.counter("jobkeeper_cached_pods", &[]).await == 1.0).then_some(()) },
+    )
+    .await;
+    assert_eq!(env.active_pods("theirs").await.len(), 2);
+    env.succeed(&ours).await;
+    env.wait_condition("ours", "Complete").await;
+}
+
+#[tokio::test]
 async fn metrics_move_and_readiness_waits_for_the_caches() {
     let env = TestEnv::new("metrics").await;
     let mut job = kwok_job("m", Some(MANAGED_BY));

@@ -2,6 +2,7 @@
 //! its own writes, status batching, the selector watches. Reads and remembers; never writes.
 
 pub mod expectations;
+pub mod foreign_jobs;
 pub mod lenient;
 pub mod lenient_time;
 pub mod pod_decode;

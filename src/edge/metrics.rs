@@ -86,6 +86,7 @@ pub struct Metrics {
     pub status_writes_held: Counter,
     pub leader: Gauge,
     pub managed_jobs: Gauge,
+    pub cached_pods: Gauge,
     pub watch_healthy: Family<WatchLabel, Gauge>,
 }
 
@@ -112,6 +113,7 @@ impl Metrics {
             status_writes_held: Counter::default(),
             leader: Gauge::default(),
             managed_jobs: Gauge::default(),
+            cached_pods: Gauge::default(),
             watch_healthy: Family::default(),
             registry: Registry::default(),
         };
@@ -175,6 +177,11 @@ impl Metrics {
             "managed_jobs",
             "Jobs in the controller's cache (ours by spec.managedBy)",
             m.managed_jobs.clone(),
+        );
+        registry.register(
+            "cached_pods",
+            "Pods in the controller's main pod cache: those of our Jobs with a generated selector, and orphans with the controller-uid label (not those of other controllers' Jobs)",
+            m.cached_pods.clone(),
         );
         registry.register(
             "watch_healthy",

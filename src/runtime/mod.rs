@@ -1,6 +1,7 @@
 //! Connects the layers: watches fill the caches, their events queue Jobs, each sync plans
 //! from the caches and acts on the plan. Jobs of other controllers are dropped before they
-//! reach the cache; pods are watched by the label every Job pod carries.
+//! reach the cache; pods are watched by the label every Job pod carries, and those of
+//! other controllers' Jobs are dropped too.
 //!
 //! [`controller`] is the wiring; the pieces it connects are [`watches`] (what reaches the
 //! caches), [`sync`] (one Job's sync) and [`cleanup`] (pods nobody syncs any more).
@@ -28,6 +29,7 @@ use tracing::{debug, error};
 use crate::act::budget::CreateBudget;
 use crate::act::execute::EventSink;
 use crate::cluster::expectations::Expectations;
+use crate::cluster::foreign_jobs::ForeignJobs;
 use crate::cluster::pod_index::PodIndex;
 use crate::cluster::selector_watches::{CONTROLLER_UID_LABEL, SelectorWatches};
 use crate::cluster::status_batch::StatusBatcher;
@@ -190,7 +192,15 @@ pub fn controller(
         health.register("jobs", jobs_api.resource_url(), None),
         health.register("pods", pods_api.resource_url(), Some(CONTROLLER_UID_LABEL)),
     ];
-    let ownership = config.ownership.clone();
+    let (purge_tx, purge_rx) = futures::channel::mpsc::unbounded();
+    let theirs = watches::TheirJobs {
+        foreign: ForeignJobs::default(),
+        index: ctx.pod_index.clone(),
+        pods: ctx.pods.clone(),
+        purge: purge_tx,
+    };
+    let foreign = theirs.foreign.clone();
+    let ownership = (config.ownership.clone(), theirs);
     let to_cleanup = (deleted_tx, orphans_tx.clone());
     let job_config = config.watches.config();
     let job_events = watches::job_watch(
@@ -202,10 +212,10 @@ pub fn controller(
     let pod_events = watches::pod_watch(
         pods_api,
         pod_config,
-        pod_writer,
-        namespaces,
+        (pod_writer, purge_rx),
+        (namespaces, foreign),
         to_cleanup,
-        (ctx.pod_index.clone(), ctx.expectations.clone()),
+        &ctx,
     );
     let ownership = config.ownership.clone();
     let cleanup = cleanup::cleanup_tasks(ctx.clone(), ownership, deleted_rx, left_rx, orphans_rx);
