@@ -484,13 +484,9 @@ async fn jobs_of_other_controllers_are_left_alone() {
         Default::default()
     );
     // Only ours is cached: the gauge says 1 (and never 2) once ours is in.
-    let c = env.controller();
-    wait_for(
-        "the managed_jobs gauge",
-        Duration::from_secs(10),
-        || async { (c.counter("jobkeeper_managed_jobs", &[]).await == 1.0).then_some(()) },
-    )
-    .await;
+    env.controller()
+        .wait_gauge("jobkeeper_managed_jobs", 1.0)
+        .await;
 }
 
 #[tokio::test]
@@ -510,13 +506,10 @@ async fn pods_of_other_controllers_jobs_are_not_cached() {
     env.set_ready(&ours).await;
     env.wait_status("ours", "ready=1", |s| s.ready == Some(1))
         .await;
-    let c = env.controller();
-    wait_for(
-        "only our pod in the cache",
-        Duration::from_secs(10),
-        || async { (c.counter("jobkeeper_cached_pods", &[]).await == 1.0).then_some(()) },
-    )
-    .await;
+    // Only our pod is cached.
+    env.controller()
+        .wait_gauge("jobkeeper_cached_pods", 1.0)
+        .await;
     assert_eq!(env.active_pods("theirs").await.len(), 2);
     env.succeed(&ours).await;
     env.wait_condition("ours", "Complete").await;

@@ -202,6 +202,15 @@ impl Controller {
     pub async fn counter(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         sum_metric(&self.metrics().await, name, labels)
     }
+
+    /// Waits (10 s at most) until a gauge without labels reads `value`.
+    pub async fn wait_gauge(&self, name: &str, value: f64) {
+        let what = format!("{name} to read {value}");
+        wait_for(&what, Duration::from_secs(10), || async {
+            (self.counter(name, &[]).await == value).then_some(())
+        })
+        .await;
+    }
 }
 
 impl Drop for Controller {
