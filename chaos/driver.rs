@@ -2,7 +2,7 @@
 //! plan says, the second writer, the chaos timeline (kills, apiserver and etcd restarts),
 //! then the wait for everything to settle and the checks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -52,6 +52,8 @@ struct Ctx {
     observer: Observer,
     start: Instant,
     book: Mutex<HashMap<String, UserFields>>,
+    /// The plans whose twins were not driven alike (see [`checks::twins`]).
+    uneven: Mutex<BTreeSet<String>>,
 }
 
 impl Ctx {
@@ -65,6 +67,18 @@ impl Ctx {
 
     fn managed_by(&self, name: &str) -> Option<&'static str> {
         (self.mode != Mode::AllJobs && name.ends_with("-ours")).then_some(MANAGED_BY)
+    }
+
+    /// A step the plan gives was skipped or not confirmed for one of its Jobs.
+    fn drove_unevenly(&self, plan: &Plan, job: &str, why: &str) {
+        warn!(
+            job,
+            "{why}: its Suspended condition is left out of the comparison"
+        );
+        self.uneven
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(plan.name.clone());
     }
 
     /// Keeps what a user write left on the Job (the newest write wins).
@@ -107,6 +121,7 @@ pub async fn run(args: &Args, mode: Mode, out: &Path) -> anyhow::Result<ModeResu
         observer: observer.clone(),
         start: Instant::now(),
         book: Mutex::default(),
+        uneven: Mutex::default(),
     });
     let mut result = ModeResult {
         mode: slug(mode).into(),
@@ -141,12 +156,20 @@ pub async fn run(args: &Args, mode: Mode, out: &Path) -> anyhow::Result<ModeResu
     observer.stop();
     let lease_losses = controllers.stop().await;
     let audit = audit::read(&cluster.dir.join("audit.log"), NAMESPACE)?;
+    let mut uneven = ctx
+        .uneven
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     let refs = match refs {
-        Some(r) => r,
+        Some((refs, theirs_uneven)) => {
+            uneven.extend(theirs_uneven);
+            refs
+        }
         None => checks::references(&plans, &jobs),
     };
     if mode == Mode::ManagedBy {
-        save_references(out, args, &refs)?;
+        save_references(out, args, (&refs, &uneven))?;
     }
     result.pods = observer.with(|o| o.pods.len());
     result.audit_conflicts = audit.conflicts;
@@ -156,7 +179,7 @@ pub async fn run(args: &Args, mode: Mode, out: &Path) -> anyhow::Result<ModeResu
         status_422: audit.status_422,
         ..Default::default()
     };
-    checks::twins(&plans, &jobs, &refs, &mut c);
+    checks::twins(&plans, &jobs, (&refs, &uneven), &mut c);
     observer.with(|o| {
         checks::over_counting(&plans, o, &mut c);
         checks::duplicates(&plans, o, &mut c);
@@ -249,7 +272,9 @@ async fn lifecycle(ctx: Arc<Ctx>, plan: Plan) -> anyhow::Result<()> {
         Action::None => {}
         Action::Resume(after) => {
             tokio::time::sleep(after).await;
-            suspended(&ctx, &names).await;
+            for name in unsuspended(&ctx, &names).await {
+                ctx.drove_unevenly(&plan, &name, "never marked Suspended; resumed anyway");
+            }
             patch_spec(&ctx, &names, json!({"suspend": false})).await?;
         }
         Action::Scale(after, parallelism) => {
@@ -264,16 +289,19 @@ async fn lifecycle(ctx: Arc<Ctx>, plan: Plan) -> anyhow::Result<()> {
             // one controller can be a kill behind the other, and a twin whose pods finished
             // meanwhile would complete unsuspended while the other is suspended.
             let one = |name: String| {
-                let ctx = &ctx;
+                let (ctx, plan) = (&ctx, &plan);
                 async move {
                     let names = [name];
                     if !running(ctx, &names, plan.parallelism).await {
-                        warn!(job = %names[0], "pods never all ran; not suspended");
+                        ctx.drove_unevenly(plan, &names[0], "pods never all ran; not suspended");
                         return Ok(());
                     }
                     patch_spec(ctx, &names, json!({"suspend": true})).await?;
                     tokio::time::sleep(pause).await;
-                    suspended(ctx, &names).await;
+                    if !unsuspended(ctx, &names).await.is_empty() {
+                        let why = "never marked Suspended; resumed anyway";
+                        ctx.drove_unevenly(plan, &names[0], why);
+                    }
                     patch_spec(ctx, &names, json!({"suspend": false})).await
                 }
             };
@@ -357,27 +385,31 @@ async fn running(ctx: &Ctx, names: &[String], n: i32) -> bool {
     false
 }
 
-/// Waits (up to [`ACTION_WAIT`]) until each Job's status says Suspended. Resuming earlier makes
-/// the outcome a race: a controller that never saw the suspension (killed, or its status
-/// write met a 409 and the retry saw the Job resumed) rightly writes no Suspended
-/// condition, one that saw it writes "Job resumed"; twins must not differ by that luck.
-async fn suspended(ctx: &Ctx, names: &[String]) {
+/// Waits (up to [`ACTION_WAIT`]) until each Job's status says Suspended; returns those
+/// that still do not. Resuming earlier makes the outcome a race: a controller that never
+/// saw the suspension (killed, or its status write met a 409 and the retry saw the Job
+/// resumed) rightly writes no Suspended condition, one that saw it writes "Job resumed";
+/// twins must not differ by that luck.
+async fn unsuspended(ctx: &Ctx, names: &[String]) -> Vec<String> {
     let deadline = Instant::now() + ACTION_WAIT;
-    while Instant::now() < deadline {
-        let all = names.iter().all(|name| {
-            ctx.observer.job(name).is_some_and(|job| {
-                job.status
-                    .iter()
-                    .flat_map(|s| s.conditions.iter().flatten())
-                    .any(|c| c.type_ == "Suspended" && c.status == "True")
+    loop {
+        let left: Vec<String> = names
+            .iter()
+            .filter(|name| {
+                !ctx.observer.job(name).is_some_and(|job| {
+                    job.status
+                        .iter()
+                        .flat_map(|s| s.conditions.iter().flatten())
+                        .any(|c| c.type_ == "Suspended" && c.status == "True")
+                })
             })
-        });
-        if all {
-            return;
+            .cloned()
+            .collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    warn!(?names, "never marked Suspended; resuming anyway");
 }
 
 /// Updates the labels and annotations of random Jobs with PUTs from the observer's
@@ -529,9 +561,14 @@ async fn lists(ctx: &Ctx) -> anyhow::Result<(HashMap<String, Job>, Vec<Pod>)> {
     ))
 }
 
-/// The managed-by run's reference statuses, for the all-jobs run (same seed and size).
-fn save_references(out: &Path, args: &Args, refs: &BTreeMap<String, Value>) -> anyhow::Result<()> {
-    let file = json!({"seed": args.seed, "jobs": args.jobs, "kills": args.kills, "statuses": refs});
+/// The managed-by run's reference statuses, for the all-jobs run (same seed and size), with
+/// the plans it drove unevenly: their references' Suspended conditions are not comparable.
+fn save_references(
+    out: &Path,
+    args: &Args,
+    (refs, uneven): (&BTreeMap<String, Value>, &BTreeSet<String>),
+) -> anyhow::Result<()> {
+    let file = json!({"seed": args.seed, "jobs": args.jobs, "kills": args.kills, "statuses": refs, "uneven": uneven});
     std::fs::write(
         out.join(slug(Mode::ManagedBy)).join("reference.json"),
         serde_json::to_vec_pretty(&file)?,
@@ -539,7 +576,7 @@ fn save_references(out: &Path, args: &Args, refs: &BTreeMap<String, Value>) -> a
     Ok(())
 }
 
-fn load_references(out: &Path, args: &Args) -> anyhow::Result<BTreeMap<String, Value>> {
+fn load_references(out: &Path, args: &Args) -> anyhow::Result<References> {
     let path = out.join(slug(Mode::ManagedBy)).join("reference.json");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -554,5 +591,12 @@ fn load_references(out: &Path, args: &Args) -> anyhow::Result<BTreeMap<String, V
             path.display()
         );
     }
-    Ok(serde_json::from_value(file["statuses"].clone())?)
+    let uneven = match file.get("uneven") {
+        Some(names) => serde_json::from_value(names.clone())?,
+        None => BTreeSet::new(),
+    };
+    Ok((serde_json::from_value(file["statuses"].clone())?, uneven))
 }
+
+/// Reference statuses by plan, and the plans driven unevenly.
+type References = (BTreeMap<String, Value>, BTreeSet<String>);

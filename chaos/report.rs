@@ -45,7 +45,7 @@ fn figures(s: &mut String, results: &[ModeResult]) {
         let _ = write!(s, "---:|");
     }
     let _ = writeln!(s);
-    let rows: [Row; 21] = [
+    let rows: [Row; 22] = [
         ("controller kills (SIGKILL)", |r| r.kills.to_string()),
         ("kube-apiserver restarts", |r| {
             r.apiserver_restarts.to_string()
@@ -72,6 +72,9 @@ fn figures(s: &mut String, results: &[ModeResult]) {
         }),
         ("statuses compared with the built-in's", |r| {
             r.checks.compared.to_string()
+        }),
+        ("of which driven unevenly (Suspended not compared)", |r| {
+            r.checks.uneven.len().to_string()
         }),
         ("final mismatches (must be 0)", |r| {
             r.checks.mismatches.len().to_string()
@@ -146,6 +149,7 @@ fn details(s: &mut String, r: &ModeResult) {
     let c = &r.checks;
     for (title, list) in [
         ("Mismatches", &c.mismatches),
+        ("Driven unevenly (not violations)", &c.uneven),
         ("Over-counts", &c.over_counts),
         ("Leaked finalizers", &c.leaked_finalizers),
         ("Duplicate pods", &c.duplicates),
