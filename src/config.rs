@@ -73,10 +73,11 @@ pub struct RunArgs {
     /// Requests allowed in a burst above the QPS.
     #[arg(long, env = "JOBKEEPER_KUBE_API_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub kube_api_burst: u32,
-    /// Least time between two status writes of one Job that only move its counters (pods
-    /// finished or counted): the first after a quiet spell goes at once, the rest of a burst
-    /// is batched. startTime, conditions and completionTime are always written at once.
-    #[arg(long, env = "JOBKEEPER_STATUS_BATCH_PERIOD", default_value = "500ms", value_parser = parse_delay)]
+    /// The longest time between two status writes of one Job that only move its counters
+    /// (pods finished or counted). The period is 0 while the API server keeps up and grows
+    /// with the delay requests meet up to this; the first write after a quiet spell always
+    /// goes at once. startTime, conditions and completionTime are always written at once.
+    #[arg(long, env = "JOBKEEPER_STATUS_BATCH_PERIOD", default_value = "1s", value_parser = parse_delay)]
     pub status_batch_period: Duration,
     /// How long a change of only active, ready or terminating may wait for the next write
     /// (the built-in controller batches every pod event for 1 s).
@@ -311,7 +312,7 @@ mod tests {
         assert_eq!(run.namespaces, ["a", "b", "c"]);
         assert_eq!(run.managed_by, DEFAULT_MANAGER);
         assert!(!run.leader.leader_elect);
-        assert_eq!(run.status_batch_period, Duration::from_millis(500));
+        assert_eq!(run.status_batch_period, Duration::from_secs(1));
         assert_eq!(run.status_gauge_delay, Duration::from_secs(1));
         assert!(Cli::try_parse_from(["jobkeeper", "run", "--concurrency", "0"]).is_err());
         assert!(Cli::try_parse_from(["jobkeeper", "run", "--kube-api-qps", "-1"]).is_err());

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use jobkeeper::act::client;
+use jobkeeper::act::load::ApiLoad;
 use jobkeeper::config::{Cli, Command, RunArgs};
 use jobkeeper::edge::elector::Candidate;
 use jobkeeper::edge::health::WatchHealth;
@@ -67,7 +68,13 @@ async fn run(config: kube::Config, args: RunArgs) -> anyhow::Result<()> {
         burst: args.kube_api_burst,
         timeout: args.kube_api_timeout,
     };
-    let client = client::build(config.clone(), limit, watch_health.clone(), metrics.clone())?;
+    let load = Arc::new(ApiLoad::default());
+    let client = client::build(
+        config.clone(),
+        limit,
+        watch_health.clone(),
+        (metrics.clone(), load.clone()),
+    )?;
     let readiness = Readiness::new(watch_health.clone());
     let (name, pod_name) = candidate_name(&args);
     let identity = process_identity(&name);
@@ -92,6 +99,7 @@ async fn run(config: kube::Config, args: RunArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         reporter_instance: identity.clone(),
         status_batch_period: args.status_batch_period,
+        load,
         status_gauge_delay: args.status_gauge_delay,
         watches: runtime::WatchSettings {
             health: watch_health,

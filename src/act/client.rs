@@ -1,7 +1,7 @@
 //! The Kubernetes client: kube's default stack plus one layer that applies the
 //! `--kube-api-qps`/`--kube-api-burst` limit (as client-go's token bucket does), gives
-//! every request but a watch a deadline, and counts every request by verb, resource and
-//! response code.
+//! every request but a watch a deadline, counts every request by verb, resource and
+//! response code, and tells the [`ApiLoad`] how long requests waited and took.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -15,16 +15,18 @@ use http::{Method, Request, Response};
 use kube::client::ClientBuilder;
 use tower::{BoxError, Layer, Service};
 
+use super::load::ApiLoad;
 use crate::edge::health::WatchHealth;
 use crate::edge::metrics::SharedMetrics;
 
 /// Builds the controller's client from `config`: the request limit, the request deadline
-/// and request metrics; the outcome of every list and watch request goes to `watches`.
+/// and request metrics; the outcome of every list and watch request goes to `watches`,
+/// the waits and response times of the others to `load`.
 pub fn build(
     config: kube::Config,
     limit: Limit,
     watches: WatchHealth,
-    metrics: SharedMetrics,
+    (metrics, load): (SharedMetrics, Arc<ApiLoad>),
 ) -> anyhow::Result<kube::Client> {
     let limiter = rate_limiter(limit.qps, limit.burst)?;
     let layer = ApiLayer {
@@ -33,6 +35,7 @@ pub fn build(
         timeout: limit.timeout,
         watches: Some(watches),
         metrics,
+        load: Some(load),
     };
     Ok(ClientBuilder::try_from(config)?.with_layer(&layer).build())
 }
@@ -59,6 +62,7 @@ pub fn build_unlimited(
         timeout,
         watches: None,
         metrics,
+        load: None,
     };
     Ok(ClientBuilder::try_from(config)?.with_layer(&layer).build())
 }
@@ -126,6 +130,8 @@ struct ApiLayer {
     /// Told how each list and watch request went.
     watches: Option<WatchHealth>,
     metrics: SharedMetrics,
+    /// Told the token waits and response times of the requests that make Jobs progress.
+    load: Option<Arc<ApiLoad>>,
 }
 
 impl<S> Layer<S> for ApiLayer {
@@ -180,7 +186,15 @@ where
         let metrics = self.layer.metrics.clone();
         let timeout = self.layer.timeout;
         let event = resource == "events";
+        // Events yield their turn and watches are long polls: neither says how busy the
+        // apiserver is for a write.
+        let load = self
+            .layer
+            .load
+            .clone()
+            .filter(|_| !event && verb != "watch");
         Box::pin(async move {
+            let asked = Instant::now();
             if let Some(limiter) = limiter {
                 if event {
                     // Events report progress; under the limit they yield their turn to the
@@ -194,6 +208,9 @@ where
                 }
             }
             let started = Instant::now();
+            if let Some(load) = &load {
+                load.token_waited(started.saturating_duration_since(asked), started);
+            }
             // A request into a dead connection (a blackholed network, a hung apiserver)
             // would otherwise wait forever and hold its Job's sync with it.
             let result = match tokio::time::timeout(timeout, response).await {
@@ -204,7 +221,11 @@ where
                 Ok(r) => r.status().as_u16(),
                 Err(_) => 0,
             };
-            metrics.observe_request(verb, &resource, code, started.elapsed());
+            let took = started.elapsed();
+            metrics.observe_request(verb, &resource, code, took);
+            if let Some(load) = &load {
+                load.answered(took, Instant::now());
+            }
             if let Some((watches, path, query)) = watch_target {
                 let outcome = match &result {
                     Ok(r) if r.status().is_success() => Ok(()),

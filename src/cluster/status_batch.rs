@@ -1,17 +1,41 @@
 //! When to write a Job's status. A change a user waits for (startTime, a condition,
-//! completionTime) goes out at once. A change of counters only is batched per Job: when
-//! pods of one Job finish in a burst, one write records them all instead of one write per
-//! pod. The built-in controller batches every pod event for 1 s; we keep the first write
-//! after a quiet spell immediate, so an isolated pod is still counted within milliseconds.
+//! completionTime) goes out at once. A change of counters only goes out at once while the
+//! API server keeps up, and is batched per Job when it does not: when pods of one Job
+//! finish in a burst, one write records them all instead of one write per pod.
+//!
+//! The batch period follows the load. [`ApiLoad`] measures the delay a write meets now
+//! (work-queue wait + rate-limiter wait + response time); up to [`KEEPS_UP`] the period is
+//! zero and every change is written at once, above it the period is [`SPACING`] times the
+//! excess, at most the configured ceiling (`--status-batch-period`). So a Job's writes
+//! never take more than about a tenth of the time the apiserver's backlog adds, and the
+//! writes saved go to the pods of the Jobs waiting. The built-in controller batches every
+//! pod event for a fixed 1 s; the first write after a quiet spell stays immediate here
+//! whatever the load, so an isolated pod is still counted within one round trip.
 //!
 //! Holding a write back is always safe: nothing is lost while a pod keeps its tracking
 //! finalizer, and the finalizers of a held write stay on until the write is made.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::JobStatus;
+
+use crate::act::load::ApiLoad;
+
+/// A delay up to this means the apiserver keeps up: counters are written at once.
+pub const KEEPS_UP: Duration = Duration::from_millis(20);
+
+/// Above [`KEEPS_UP`], the batch period is this many times the excess delay.
+pub const SPACING: u32 = 10;
+
+/// The batch period for a delay `delay` (see the module's rule), at most `ceiling`.
+pub fn period_for(delay: Duration, ceiling: Duration) -> Duration {
+    delay
+        .saturating_sub(KEEPS_UP)
+        .saturating_mul(SPACING)
+        .min(ceiling)
+}
 
 /// How urgent a status change is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +87,9 @@ fn counters_equal(a: &JobStatus, b: &JobStatus) -> bool {
 
 /// Per-Job write times. `hold` says how long a write should wait; `written` records one.
 pub struct StatusBatcher {
-    /// Least time between two counter-only writes of one Job.
-    period: Duration,
+    /// The longest the batch period grows to.
+    ceiling: Duration,
+    load: Arc<ApiLoad>,
     /// Least time a gauge-only change waits from when it was first seen.
     gauge_delay: Duration,
     jobs: Mutex<HashMap<String, Writes>>,
@@ -77,12 +102,18 @@ struct Writes {
 }
 
 impl StatusBatcher {
-    pub fn new(period: Duration, gauge_delay: Duration) -> Self {
+    pub fn new(ceiling: Duration, gauge_delay: Duration, load: Arc<ApiLoad>) -> Self {
         StatusBatcher {
-            period,
+            ceiling,
+            load,
             gauge_delay,
             jobs: Mutex::default(),
         }
+    }
+
+    /// Least time between two counter-only writes of one Job, as the load is at `now`.
+    pub fn period(&self, now: Instant) -> Duration {
+        period_for(self.load.delays(now).total(), self.ceiling)
     }
 
     /// None: write now. Some(wait): hold the write back and plan again after `wait`.
@@ -90,9 +121,10 @@ impl StatusBatcher {
         if urgency == Urgency::Now {
             return None;
         }
+        let period = self.period(now);
         let mut jobs = self.jobs.lock().expect("status batcher lock");
         let writes = jobs.entry(job_uid.to_string()).or_default();
-        let mut due = writes.last.map_or(now, |last| last + self.period);
+        let mut due = writes.last.map_or(now, |last| last + period);
         if urgency == Urgency::Gauges {
             let seen = *writes.gauges_seen.get_or_insert(now);
             due = due.max(seen + self.gauge_delay);
@@ -176,11 +208,44 @@ mod tests {
         assert_eq!(urgency(Some(&before), &index), Urgency::Counters);
     }
 
+    /// A load whose delay reads `delay` at every instant before an hour from now (its one
+    /// sample is taken then, and a read before a sample sees it undecayed).
+    fn steady(delay: Duration) -> Arc<ApiLoad> {
+        let load = Arc::new(ApiLoad::default());
+        load.answered(delay, Instant::now() + Duration::from_secs(3600));
+        load
+    }
+
+    const CEILING: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_period_is_zero_while_the_apiserver_keeps_up_and_grows_with_the_delay() {
+        assert_eq!(period_for(Duration::ZERO, CEILING), Duration::ZERO);
+        assert_eq!(period_for(KEEPS_UP, CEILING), Duration::ZERO);
+        assert_eq!(
+            period_for(Duration::from_millis(40), CEILING),
+            Duration::from_millis(200)
+        );
+        assert_eq!(period_for(Duration::from_millis(500), CEILING), CEILING);
+        assert_eq!(period_for(Duration::MAX, CEILING), CEILING);
+        assert_eq!(period_for(Duration::MAX, Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn counters_are_written_at_once_while_the_apiserver_keeps_up() {
+        let batcher = StatusBatcher::new(CEILING, Duration::from_secs(1), steady(KEEPS_UP));
+        let t0 = Instant::now();
+        batcher.written("a", t0);
+        assert_eq!(batcher.hold("a", Urgency::Counters, t0), None);
+    }
+
     #[test]
     fn counters_wait_for_the_period_after_a_write_and_not_after_a_quiet_spell() {
-        let period = Duration::from_millis(200);
-        let batcher = StatusBatcher::new(period, Duration::from_secs(1));
+        let load = steady(Duration::from_millis(40));
+        let batcher = StatusBatcher::new(CEILING, Duration::from_secs(1), load);
         let t0 = Instant::now();
+        let period = batcher.period(t0);
+        assert_eq!(period, Duration::from_millis(200));
         assert_eq!(batcher.hold("a", Urgency::Counters, t0), None);
         batcher.written("a", t0);
         let t1 = t0 + Duration::from_millis(50);
@@ -195,8 +260,24 @@ mod tests {
     }
 
     #[test]
+    fn the_period_shrinks_back_once_the_load_is_gone() {
+        let load = Arc::new(ApiLoad::default());
+        let batcher = StatusBatcher::new(CEILING, Duration::from_secs(1), load.clone());
+        let t0 = Instant::now();
+        load.token_waited(Duration::from_millis(300), t0);
+        assert_eq!(batcher.period(t0), CEILING);
+        batcher.written("a", t0);
+        assert_eq!(batcher.hold("a", Urgency::Counters, t0), Some(CEILING));
+        let quiet = t0 + Duration::from_secs(5);
+        assert_eq!(batcher.period(quiet), Duration::ZERO);
+        batcher.written("a", quiet);
+        assert_eq!(batcher.hold("a", Urgency::Counters, quiet), None);
+    }
+
+    #[test]
     fn gauges_wait_from_when_they_were_first_seen_until_a_write() {
-        let batcher = StatusBatcher::new(Duration::from_millis(200), Duration::from_secs(1));
+        let load = steady(Duration::from_millis(40));
+        let batcher = StatusBatcher::new(CEILING, Duration::from_secs(1), load);
         let t0 = Instant::now();
         batcher.written("a", t0);
         let seen = t0 + Duration::from_millis(100);
@@ -226,7 +307,8 @@ mod tests {
 
     #[test]
     fn zero_periods_never_hold() {
-        let batcher = StatusBatcher::new(Duration::ZERO, Duration::ZERO);
+        let load = steady(Duration::from_secs(10));
+        let batcher = StatusBatcher::new(Duration::ZERO, Duration::ZERO, load);
         let t0 = Instant::now();
         batcher.written("a", t0);
         assert_eq!(batcher.hold("a", Urgency::Counters, t0), None);

@@ -2,6 +2,7 @@
 //! upstream's `job_controller_*` metrics so dashboards translate one to one.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -57,6 +58,14 @@ pub struct WatchLabel {
     pub watch: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartLabel {
+    pub part: String,
+}
+
+/// A gauge of seconds.
+pub type Seconds = Gauge<f64, AtomicU64>;
+
 #[derive(Clone)]
 pub struct Buckets(fn() -> Histogram);
 
@@ -84,6 +93,8 @@ pub struct Metrics {
     pub api_request_duration: Family<RequestLatencyLabels, Histogram, Buckets>,
     pub queue_depth: Gauge,
     pub status_writes_held: Counter,
+    pub status_batch_period: Seconds,
+    pub api_delay: Family<PartLabel, Seconds>,
     pub leader: Gauge,
     pub managed_jobs: Gauge,
     pub cached_pods: Gauge,
@@ -111,6 +122,8 @@ impl Metrics {
             api_request_duration: Family::new_with_constructor(Buckets(seconds_buckets)),
             queue_depth: Gauge::default(),
             status_writes_held: Counter::default(),
+            status_batch_period: Seconds::default(),
+            api_delay: Family::default(),
             leader: Gauge::default(),
             managed_jobs: Gauge::default(),
             cached_pods: Gauge::default(),
@@ -167,6 +180,16 @@ impl Metrics {
             "job_status_writes_held",
             "Counter-only status writes held back to batch them with the next (see --status-batch-period)",
             m.status_writes_held.clone(),
+        );
+        registry.register(
+            "status_batch_period_seconds",
+            "Least time between two counter-only status writes of one Job now: 0 while the API server keeps up, growing with api_delay_seconds up to --status-batch-period",
+            m.status_batch_period.clone(),
+        );
+        registry.register(
+            "api_delay_seconds",
+            "Mean delay a request meets over about the last second, by part: queue (trigger to sync start), token (client rate limit), response (apiserver)",
+            m.api_delay.clone(),
         );
         registry.register(
             "leader",

@@ -28,6 +28,7 @@ use tracing::{debug, error};
 
 use crate::act::budget::CreateBudget;
 use crate::act::execute::EventSink;
+use crate::act::load::ApiLoad;
 use crate::cluster::expectations::Expectations;
 use crate::cluster::foreign_jobs::ForeignJobs;
 use crate::cluster::pod_index::PodIndex;
@@ -111,8 +112,10 @@ pub struct RuntimeConfig {
     pub ownership: Ownership,
     pub concurrency: u16,
     pub reporter_instance: String,
-    /// Least time between two counter-only status writes of one Job.
+    /// The longest the batch period of counter-only status writes grows to.
     pub status_batch_period: Duration,
+    /// The delay requests meet, which the batch period follows (fed by the client too).
+    pub load: Arc<ApiLoad>,
     /// How long a change of only active/ready/terminating may wait.
     pub status_gauge_delay: Duration,
     pub watches: WatchSettings,
@@ -262,23 +265,51 @@ fn context(
         backoff: Mutex::default(),
         errors: Mutex::default(),
         events,
-        pending: Pending::new(metrics.queue_depth.clone()),
+        pending: Pending::new(metrics.queue_depth.clone(), config.load.clone()),
         metrics,
         caches,
         batcher: Arc::new(StatusBatcher::new(
             config.status_batch_period,
             config.status_gauge_delay,
+            config.load.clone(),
         )),
         not_before: Mutex::default(),
         selector_watches,
     });
+    let publish_load = publish_load(ctx.clone(), config.load.clone());
     let background = async move {
         tokio::select! {
             _ = watch_stores => {}
             _ = publish_events => {}
+            _ = publish_load => {}
         }
     };
     (ctx, background)
+}
+
+/// Sets the load gauges (the delay's parts, the batch period) every second.
+async fn publish_load(ctx: Arc<Context>, load: Arc<ApiLoad>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let delays = load.delays(now);
+        let metrics = &ctx.metrics;
+        for (part, delay) in [
+            ("queue", delays.queue),
+            ("token", delays.token),
+            ("response", delays.response),
+        ] {
+            metrics
+                .api_delay
+                .get_or_create(&crate::edge::metrics::PartLabel { part: part.into() })
+                .set(delay.as_secs_f64());
+        }
+        metrics
+            .status_batch_period
+            .set(ctx.batcher.period(now).as_secs_f64());
+    }
 }
 
 /// Job events, as this instance publishes them, and the task that publishes them.

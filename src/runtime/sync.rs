@@ -1,7 +1,7 @@
 //! One Job's sync: wait for the caches, pace, read the Job and its pods through the
 //! expectations, plan, hold counter-only status writes, act; and what a failed sync does.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::Context;
 use crate::act::execute::{self, ExecuteError, Executor, Step};
+use crate::act::load::ApiLoad;
 use crate::cluster::pod_index::pods_of;
 use crate::cluster::status_batch;
 use crate::plan::{self, BackoffRecord, Snapshot};
@@ -30,32 +31,41 @@ const PLANNING_PACE: u32 = 3;
 /// Pauses shorter than this are not kept (no entry for the Jobs of a few pods).
 const MIN_PACING_PAUSE: Duration = Duration::from_millis(1);
 
-/// Jobs triggered by a watch event whose sync has not started yet: the controller's
-/// queue, deduplicated as it is, for the `queue_depth` gauge.
-#[derive(Clone, Default)]
+/// Jobs triggered by a watch event whose sync has not started yet, with when they were
+/// first triggered: the controller's queue, deduplicated as it is, for the `queue_depth`
+/// gauge and the queue part of the [`ApiLoad`].
+#[derive(Clone)]
 pub struct Pending {
-    keys: Arc<Mutex<HashSet<ObjectRef<Job>>>>,
+    keys: Arc<Mutex<HashMap<ObjectRef<Job>, Instant>>>,
     gauge: prometheus_client::metrics::gauge::Gauge,
+    load: Arc<ApiLoad>,
 }
 
 impl Pending {
-    pub(super) fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+    pub(super) fn new(gauge: prometheus_client::metrics::gauge::Gauge, load: Arc<ApiLoad>) -> Self {
         Pending {
             keys: Arc::default(),
             gauge,
+            load,
         }
     }
 
     pub(super) fn add(&self, key: ObjectRef<Job>) {
         let mut keys = self.keys.lock().expect("pending lock");
-        keys.insert(key);
+        keys.entry(key).or_insert_with(Instant::now);
         self.gauge.set(keys.len() as i64);
     }
 
     fn started(&self, key: &ObjectRef<Job>) {
         let mut keys = self.keys.lock().expect("pending lock");
-        keys.remove(key);
+        let triggered = keys.remove(key);
         self.gauge.set(keys.len() as i64);
+        drop(keys);
+        if let Some(triggered) = triggered {
+            let now = Instant::now();
+            self.load
+                .queued(now.saturating_duration_since(triggered), now);
+        }
     }
 }
 
