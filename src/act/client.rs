@@ -30,7 +30,7 @@ pub fn build(
 ) -> anyhow::Result<kube::Client> {
     let limiter = rate_limiter(limit.qps, limit.burst)?;
     let layer = ApiLayer {
-        limiter: limiter.map(Arc::new),
+        limiter: limiter.map(|limiter| Arc::new(FairLimiter::new(limiter))),
         gate: Arc::default(),
         timeout: limit.timeout,
         watches: Some(watches),
@@ -80,6 +80,33 @@ fn rate_limiter(qps: f32, burst: u32) -> anyhow::Result<Option<DefaultDirectRate
     Ok(Some(RateLimiter::direct(quota)))
 }
 
+/// The token bucket, handing out tokens in the order requests ask for them.
+///
+/// governor's own wait checks, sleeps until the next token and checks again: every waiter
+/// wakes for each token, one takes it, and a request arriving just then takes it before
+/// all of them. Under a saturated limit some requests (and the Jobs whose syncs made them)
+/// then wait far longer than the queue is long. Here one request at a time waits on
+/// governor, the others queue behind it in arrival order (tokio's mutex is FIFO), as
+/// client-go's limiter reserves each caller the next free slot.
+struct FairLimiter {
+    limiter: DefaultDirectRateLimiter,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl FairLimiter {
+    fn new(limiter: DefaultDirectRateLimiter) -> Self {
+        FairLimiter {
+            limiter,
+            turn: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn until_ready(&self) {
+        let _turn = self.turn.lock().await;
+        self.limiter.until_ready().await;
+    }
+}
+
 /// Holds events back while other requests wait for a token.
 #[derive(Default)]
 struct EventGate {
@@ -121,7 +148,7 @@ impl EventGate {
 
 #[derive(Clone)]
 struct ApiLayer {
-    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    limiter: Option<Arc<FairLimiter>>,
     gate: Arc<EventGate>,
     /// How long a request (from when it got its token) may wait for its response
     /// headers. A watch's headers come at once and its body is a long poll, which
@@ -364,6 +391,34 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(50), gate.until_idle())
             .await
             .expect("released once no write waits");
+    }
+
+    /// Twelve requests wait for tokens while others keep arriving; none of the later
+    /// ones may take a token before the twelve have theirs.
+    #[tokio::test]
+    async fn tokens_go_out_in_the_order_they_were_asked_for() {
+        let limiter = rate_limiter(200.0, 1).unwrap().unwrap();
+        let limiter = Arc::new(FairLimiter::new(limiter));
+        limiter.until_ready().await;
+        let granted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let ask = |i: usize| {
+            let (limiter, granted) = (limiter.clone(), granted.clone());
+            tokio::spawn(async move {
+                limiter.until_ready().await;
+                granted.lock().unwrap().push(i);
+            })
+        };
+        let mut waiters: Vec<_> = (0..12).map(ask).collect();
+        let mut tick = tokio::time::interval(Duration::from_micros(500));
+        for late in 100..220 {
+            tick.tick().await;
+            waiters.push(ask(late));
+        }
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+        let granted = granted.lock().unwrap();
+        assert_eq!(granted[..12], (0..12).collect::<Vec<_>>(), "{granted:?}");
     }
 
     #[test]
