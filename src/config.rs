@@ -73,12 +73,15 @@ pub struct RunArgs {
     /// Requests allowed in a burst above the QPS.
     #[arg(long, env = "JOBKEEPER_KUBE_API_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub kube_api_burst: u32,
-    /// The longest time between two status writes of one Job that only move its counters
-    /// (pods finished or counted). The period is 0 while the API server keeps up and grows
-    /// with the delay requests meet up to this; the first write after a quiet spell always
-    /// goes at once. startTime, conditions and completionTime are always written at once.
-    #[arg(long, env = "JOBKEEPER_STATUS_BATCH_PERIOD", default_value = "1s", value_parser = parse_delay)]
+    /// Least time between two status writes of one Job that only move its counters (pods
+    /// finished or counted): the first after a quiet spell goes at once, the rest of a burst
+    /// is batched. startTime, conditions and completionTime are always written at once.
+    #[arg(long, env = "JOBKEEPER_STATUS_BATCH_PERIOD", default_value = "500ms", value_parser = parse_delay)]
     pub status_batch_period: Duration,
+    /// The longest the batch period grows to while requests meet delays (see the README's
+    /// "Status writes under load").
+    #[arg(long, env = "JOBKEEPER_STATUS_BATCH_PERIOD_MAX", default_value = "2s", value_parser = parse_delay)]
+    pub status_batch_period_max: Duration,
     /// How long a change of only active, ready or terminating may wait for the next write
     /// (the built-in controller batches every pod event for 1 s).
     #[arg(long, env = "JOBKEEPER_STATUS_GAUGE_DELAY", default_value = "1s", value_parser = parse_delay)]
@@ -312,7 +315,8 @@ mod tests {
         assert_eq!(run.namespaces, ["a", "b", "c"]);
         assert_eq!(run.managed_by, DEFAULT_MANAGER);
         assert!(!run.leader.leader_elect);
-        assert_eq!(run.status_batch_period, Duration::from_secs(1));
+        assert_eq!(run.status_batch_period, Duration::from_millis(500));
+        assert_eq!(run.status_batch_period_max, Duration::from_secs(2));
         assert_eq!(run.status_gauge_delay, Duration::from_secs(1));
         assert!(Cli::try_parse_from(["jobkeeper", "run", "--concurrency", "0"]).is_err());
         assert!(Cli::try_parse_from(["jobkeeper", "run", "--kube-api-qps", "-1"]).is_err());

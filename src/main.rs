@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use jobkeeper::act::client;
 use jobkeeper::act::load::ApiLoad;
+use jobkeeper::cluster::status_batch::Periods;
 use jobkeeper::config::{Cli, Command, RunArgs};
 use jobkeeper::edge::elector::Candidate;
 use jobkeeper::edge::health::WatchHealth;
@@ -98,7 +99,10 @@ async fn run(config: kube::Config, args: RunArgs) -> anyhow::Result<()> {
         },
         concurrency: args.concurrency,
         reporter_instance: identity.clone(),
-        status_batch_period: args.status_batch_period,
+        status_batch_periods: Periods {
+            least: args.status_batch_period,
+            most: args.status_batch_period_max,
+        },
         load,
         status_gauge_delay: args.status_gauge_delay,
         watches: runtime::WatchSettings {

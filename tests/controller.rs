@@ -602,8 +602,8 @@ async fn metrics_move_and_readiness_waits_for_the_caches() {
 
 #[tokio::test]
 async fn many_pods_complete_with_exact_counts_and_no_double_creates() {
-    // A client limit that keeps requests waiting for tokens: the load the status batching
-    // answers (while the apiserver keeps up, every change is written at once).
+    // A client limit that keeps requests waiting for tokens, in turn: the load the status
+    // batching answers with periods above --status-batch-period.
     let mut env = TestEnv::without_controller("exact").await;
     let limit = ["--kube-api-qps", "10", "--kube-api-burst", "10"];
     env.controller = Some(Controller::start(&env.ns, &limit));

@@ -1,16 +1,16 @@
 //! When to write a Job's status. A change a user waits for (startTime, a condition,
-//! completionTime) goes out at once. A change of counters only goes out at once while the
-//! API server keeps up, and is batched per Job when it does not: when pods of one Job
-//! finish in a burst, one write records them all instead of one write per pod.
+//! completionTime) goes out at once. A change of counters only is batched per Job, the
+//! more the busier the API server is: when pods of one Job finish in a burst, one write
+//! records them all instead of one write per pod.
 //!
 //! The batch period follows the load. [`ApiLoad`] measures the delay a write meets now
-//! (work-queue wait + rate-limiter wait + response time); up to [`KEEPS_UP`] the period is
-//! zero and every change is written at once, above it the period is [`SPACING`] times the
-//! excess, at most the configured ceiling (`--status-batch-period`). So a Job's writes
-//! never take more than about a tenth of the time the apiserver's backlog adds, and the
-//! writes saved go to the pods of the Jobs waiting. The built-in controller batches every
-//! pod event for a fixed 1 s; the first write after a quiet spell stays immediate here
-//! whatever the load, so an isolated pod is still counted within one round trip.
+//! (work-queue wait + rate-limiter wait + response time); above [`KEEPS_UP`] the period
+//! is [`SPACING`] times the excess, never less than `--status-batch-period` nor more than
+//! `--status-batch-period-max`. So a Job's writes take at most about a tenth of the time
+//! the apiserver's backlog adds, and the writes saved go to the pods of the Jobs waiting.
+//! The built-in controller batches every pod event for a fixed 1 s; the first write after
+//! a quiet spell stays immediate here whatever the load, so an isolated pod is still
+//! counted within one round trip.
 //!
 //! Holding a write back is always safe: nothing is lost while a pod keeps its tracking
 //! finalizer, and the finalizers of a held write stay on until the write is made.
@@ -29,12 +29,20 @@ pub const KEEPS_UP: Duration = Duration::from_millis(20);
 /// Above [`KEEPS_UP`], the batch period is this many times the excess delay.
 pub const SPACING: u32 = 10;
 
-/// The batch period for a delay `delay` (see the module's rule), at most `ceiling`.
-pub fn period_for(delay: Duration, ceiling: Duration) -> Duration {
+/// The least and the most the batch period may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Periods {
+    pub least: Duration,
+    pub most: Duration,
+}
+
+/// The batch period for a delay `delay` (see the module's rule).
+pub fn period_for(delay: Duration, periods: Periods) -> Duration {
     delay
         .saturating_sub(KEEPS_UP)
         .saturating_mul(SPACING)
-        .min(ceiling)
+        .min(periods.most)
+        .max(periods.least)
 }
 
 /// How urgent a status change is.
@@ -87,8 +95,7 @@ fn counters_equal(a: &JobStatus, b: &JobStatus) -> bool {
 
 /// Per-Job write times. `hold` says how long a write should wait; `written` records one.
 pub struct StatusBatcher {
-    /// The longest the batch period grows to.
-    ceiling: Duration,
+    periods: Periods,
     load: Arc<ApiLoad>,
     /// Least time a gauge-only change waits from when it was first seen.
     gauge_delay: Duration,
@@ -102,9 +109,9 @@ struct Writes {
 }
 
 impl StatusBatcher {
-    pub fn new(ceiling: Duration, gauge_delay: Duration, load: Arc<ApiLoad>) -> Self {
+    pub fn new(periods: Periods, gauge_delay: Duration, load: Arc<ApiLoad>) -> Self {
         StatusBatcher {
-            ceiling,
+            periods,
             load,
             gauge_delay,
             jobs: Mutex::default(),
@@ -113,7 +120,7 @@ impl StatusBatcher {
 
     /// Least time between two counter-only writes of one Job, as the load is at `now`.
     pub fn period(&self, now: Instant) -> Duration {
-        period_for(self.load.delays(now).total(), self.ceiling)
+        period_for(self.load.delays(now).total(), self.periods)
     }
 
     /// None: write now. Some(wait): hold the write back and plan again after `wait`.
@@ -217,23 +224,49 @@ mod tests {
     }
 
     const CEILING: Duration = Duration::from_secs(1);
+    /// The rule alone, with no least period.
+    const ADAPTIVE: Periods = Periods {
+        least: Duration::ZERO,
+        most: CEILING,
+    };
 
     #[test]
     fn the_period_is_zero_while_the_apiserver_keeps_up_and_grows_with_the_delay() {
-        assert_eq!(period_for(Duration::ZERO, CEILING), Duration::ZERO);
-        assert_eq!(period_for(KEEPS_UP, CEILING), Duration::ZERO);
+        assert_eq!(period_for(Duration::ZERO, ADAPTIVE), Duration::ZERO);
+        assert_eq!(period_for(KEEPS_UP, ADAPTIVE), Duration::ZERO);
         assert_eq!(
-            period_for(Duration::from_millis(40), CEILING),
+            period_for(Duration::from_millis(40), ADAPTIVE),
             Duration::from_millis(200)
         );
-        assert_eq!(period_for(Duration::from_millis(500), CEILING), CEILING);
-        assert_eq!(period_for(Duration::MAX, CEILING), CEILING);
-        assert_eq!(period_for(Duration::MAX, Duration::ZERO), Duration::ZERO);
+        assert_eq!(period_for(Duration::from_millis(500), ADAPTIVE), CEILING);
+        assert_eq!(period_for(Duration::MAX, ADAPTIVE), CEILING);
+        assert_eq!(
+            period_for(
+                Duration::MAX,
+                Periods {
+                    least: Duration::ZERO,
+                    most: Duration::ZERO
+                }
+            ),
+            Duration::ZERO
+        );
+        // The least period holds while the apiserver keeps up, and the rule takes over
+        // once it asks for more.
+        let floor = Periods {
+            least: Duration::from_millis(500),
+            most: Duration::from_secs(2),
+        };
+        assert_eq!(
+            period_for(Duration::ZERO, floor),
+            Duration::from_millis(500)
+        );
+        assert_eq!(period_for(Duration::from_millis(120), floor), CEILING);
+        assert_eq!(period_for(Duration::MAX, floor), Duration::from_secs(2));
     }
 
     #[test]
     fn counters_are_written_at_once_while_the_apiserver_keeps_up() {
-        let batcher = StatusBatcher::new(CEILING, Duration::from_secs(1), steady(KEEPS_UP));
+        let batcher = StatusBatcher::new(ADAPTIVE, Duration::from_secs(1), steady(KEEPS_UP));
         let t0 = Instant::now();
         batcher.written("a", t0);
         assert_eq!(batcher.hold("a", Urgency::Counters, t0), None);
@@ -242,7 +275,7 @@ mod tests {
     #[test]
     fn counters_wait_for_the_period_after_a_write_and_not_after_a_quiet_spell() {
         let load = steady(Duration::from_millis(40));
-        let batcher = StatusBatcher::new(CEILING, Duration::from_secs(1), load);
+        let batcher = StatusBatcher::new(ADAPTIVE, Duration::from_secs(1), load);
         let t0 = Instant::now();
         let period = batcher.period(t0);
         assert_eq!(period, Duration::from_millis(200));
@@ -262,7 +295,7 @@ mod tests {
     #[test]
     fn the_period_shrinks_back_once_the_load_is_gone() {
         let load = Arc::new(ApiLoad::default());
-        let batcher = StatusBatcher::new(CEILING, Duration::from_secs(1), load.clone());
+        let batcher = StatusBatcher::new(ADAPTIVE, Duration::from_secs(1), load.clone());
         let t0 = Instant::now();
         load.token_waited(Duration::from_millis(300), t0);
         assert_eq!(batcher.period(t0), CEILING);
@@ -277,7 +310,7 @@ mod tests {
     #[test]
     fn gauges_wait_from_when_they_were_first_seen_until_a_write() {
         let load = steady(Duration::from_millis(40));
-        let batcher = StatusBatcher::new(CEILING, Duration::from_secs(1), load);
+        let batcher = StatusBatcher::new(ADAPTIVE, Duration::from_secs(1), load);
         let t0 = Instant::now();
         batcher.written("a", t0);
         let seen = t0 + Duration::from_millis(100);
@@ -308,7 +341,14 @@ mod tests {
     #[test]
     fn zero_periods_never_hold() {
         let load = steady(Duration::from_secs(10));
-        let batcher = StatusBatcher::new(Duration::ZERO, Duration::ZERO, load);
+        let batcher = StatusBatcher::new(
+            Periods {
+                least: Duration::ZERO,
+                most: Duration::ZERO,
+            },
+            Duration::ZERO,
+            load,
+        );
         let t0 = Instant::now();
         batcher.written("a", t0);
         assert_eq!(batcher.hold("a", Urgency::Counters, t0), None);

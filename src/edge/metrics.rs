@@ -183,7 +183,7 @@ impl Metrics {
         );
         registry.register(
             "status_batch_period_seconds",
-            "Least time between two counter-only status writes of one Job now: 0 while the API server keeps up, growing with api_delay_seconds up to --status-batch-period",
+            "Least time between two counter-only status writes of one Job now: --status-batch-period while the API server keeps up, growing with api_delay_seconds up to --status-batch-period-max",
             m.status_batch_period.clone(),
         );
         registry.register(

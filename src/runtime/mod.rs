@@ -33,7 +33,7 @@ use crate::cluster::expectations::Expectations;
 use crate::cluster::foreign_jobs::ForeignJobs;
 use crate::cluster::pod_index::PodIndex;
 use crate::cluster::selector_watches::{CONTROLLER_UID_LABEL, SelectorWatches};
-use crate::cluster::status_batch::StatusBatcher;
+use crate::cluster::status_batch::{Periods, StatusBatcher};
 use crate::cluster::watch_expiry;
 use crate::config::BUILT_IN_MANAGER;
 pub use crate::edge::health::WatchSettings;
@@ -112,8 +112,8 @@ pub struct RuntimeConfig {
     pub ownership: Ownership,
     pub concurrency: u16,
     pub reporter_instance: String,
-    /// The longest the batch period of counter-only status writes grows to.
-    pub status_batch_period: Duration,
+    /// The least and the most time between two counter-only status writes of one Job.
+    pub status_batch_periods: Periods,
     /// The delay requests meet, which the batch period follows (fed by the client too).
     pub load: Arc<ApiLoad>,
     /// How long a change of only active/ready/terminating may wait.
@@ -269,7 +269,7 @@ fn context(
         metrics,
         caches,
         batcher: Arc::new(StatusBatcher::new(
-            config.status_batch_period,
+            config.status_batch_periods,
             config.status_gauge_delay,
             config.load.clone(),
         )),
