@@ -74,7 +74,8 @@ async fn run(config: kube::Config, args: RunArgs) -> anyhow::Result<()> {
         config.clone(),
         limit,
         watch_health.clone(),
-        (metrics.clone(), load.clone()),
+        metrics.clone(),
+        load.clone(),
     )?;
     let readiness = Readiness::new(watch_health.clone());
     let (name, pod_name) = candidate_name(&args);

@@ -26,7 +26,8 @@ pub fn build(
     config: kube::Config,
     limit: Limit,
     watches: WatchHealth,
-    (metrics, load): (SharedMetrics, Arc<ApiLoad>),
+    metrics: SharedMetrics,
+    load: Arc<ApiLoad>,
 ) -> anyhow::Result<kube::Client> {
     let limiter = rate_limiter(limit.qps, limit.burst)?;
     let layer = ApiLayer {
@@ -221,8 +222,8 @@ where
             .clone()
             .filter(|_| !event && verb != "watch");
         Box::pin(async move {
-            let asked = Instant::now();
             if let Some(limiter) = limiter {
+                let asked = Instant::now();
                 if event {
                     // Events report progress; under the limit they yield their turn to the
                     // pod and status writes that make it, as client-go's event broadcaster
@@ -233,11 +234,11 @@ where
                     let _waiting = gate.enter();
                     limiter.until_ready().await;
                 }
+                if let Some(load) = &load {
+                    load.token_waited(asked.elapsed(), Instant::now());
+                }
             }
             let started = Instant::now();
-            if let Some(load) = &load {
-                load.token_waited(started.saturating_duration_since(asked), started);
-            }
             // A request into a dead connection (a blackholed network, a hung apiserver)
             // would otherwise wait forever and hold its Job's sync with it.
             let result = match tokio::time::timeout(timeout, response).await {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::JobStatus;
 
-use crate::act::load::ApiLoad;
+use crate::act::load::{ApiLoad, Delays};
 
 /// A delay up to this means the apiserver keeps up: counters are written at once.
 pub const KEEPS_UP: Duration = Duration::from_millis(20);
@@ -120,7 +120,13 @@ impl StatusBatcher {
 
     /// Least time between two counter-only writes of one Job, as the load is at `now`.
     pub fn period(&self, now: Instant) -> Duration {
-        period_for(self.load.delays(now).total(), self.periods)
+        self.load_at(now).1
+    }
+
+    /// The delay requests meet at `now` and the batch period it makes.
+    pub fn load_at(&self, now: Instant) -> (Delays, Duration) {
+        let delays = self.load.delays(now);
+        (delays, period_for(delays.total(), self.periods))
     }
 
     /// None: write now. Some(wait): hold the write back and plan again after `wait`.

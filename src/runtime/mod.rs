@@ -276,7 +276,7 @@ fn context(
         not_before: Mutex::default(),
         selector_watches,
     });
-    let publish_load = publish_load(ctx.clone(), config.load.clone());
+    let publish_load = publish_load(ctx.clone());
     let background = async move {
         tokio::select! {
             _ = watch_stores => {}
@@ -288,13 +288,12 @@ fn context(
 }
 
 /// Sets the load gauges (the delay's parts, the batch period) every second.
-async fn publish_load(ctx: Arc<Context>, load: Arc<ApiLoad>) {
+async fn publish_load(ctx: Arc<Context>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = Instant::now();
-        let delays = load.delays(now);
+        let (delays, period) = ctx.batcher.load_at(Instant::now());
         let metrics = &ctx.metrics;
         for (part, delay) in [
             ("queue", delays.queue),
@@ -306,9 +305,7 @@ async fn publish_load(ctx: Arc<Context>, load: Arc<ApiLoad>) {
                 .get_or_create(&crate::edge::metrics::PartLabel { part: part.into() })
                 .set(delay.as_secs_f64());
         }
-        metrics
-            .status_batch_period
-            .set(ctx.batcher.period(now).as_secs_f64());
+        metrics.status_batch_period.set(period.as_secs_f64());
     }
 }
 
