@@ -744,7 +744,8 @@ fn status_changes(old: &JobStatus, new: &JobStatus) -> Vec<String> {
     changes
 }
 
-fn names<'a>(all: impl ExactSizeIterator<Item = &'a str>) -> String {
+/// The first names (sorted), and how many more there are: for a log line or a note.
+pub fn names<'a>(all: impl ExactSizeIterator<Item = &'a str>) -> String {
     let total = all.len();
     let mut shown: Vec<&str> = all.take(NAMES_PER_ACTION).collect();
     shown.sort_unstable();

@@ -555,15 +555,17 @@ async fn conformance_should_adopt_matching_orphans_and_release_non_matching_pods
         )
         .await
         .expect("removing the pod's labels");
-    wait_for(
-        "the Job releases the pod",
-        Duration::from_secs(30),
-        || async {
-            let p = env.pods().get(&pod).await.expect("reading pod");
-            controller_uid(&p).is_none().then_some(())
-        },
-    )
+    let released = try_wait_for(Duration::from_secs(30), || async {
+        let p = env.pods().get(&pod).await.expect("reading pod");
+        controller_uid(&p).is_none().then_some(())
+    })
     .await;
+    if released.is_none() {
+        panic!(
+            "timed out after 30s waiting for the Job to release the pod\n{}",
+            env.pod_story(&pod).await
+        );
+    }
     env.assert_no_rejected_status().await;
 }
 

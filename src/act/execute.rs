@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, stream};
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
@@ -75,7 +76,8 @@ pub enum Step {
     /// The plan removed finalizers or otherwise moved state on; plan again right away.
     Again,
     /// The status write lost a race (409) or the Job is gone from under us: re-read the
-    /// Job (None: it was deleted) and plan again.
+    /// Job and plan again. None: the Job was deleted, or a pod to adopt changed; wait for
+    /// the watch event that says so.
     Conflict(Option<Arc<Job>>),
 }
 
@@ -563,14 +565,13 @@ impl Executor<'_> {
                 .controller_owner_ref(&())
                 .expect("a Job from the API has a name and UID");
             for pod in &plan.adopt {
-                let patch = json!({
-                    "metadata": {
-                        "uid": pod.uid,
-                        "ownerReferences": [owner],
-                        "finalizers": [TRACKING_FINALIZER],
-                    }
-                });
-                patch_pod(api, &pod.name, patch).await?;
+                if !adopt(api, pod, &owner).await? {
+                    // The pod changed since the plan judged it (adopted or relabelled by
+                    // someone else) or is gone: its watch event brings the Job back.
+                    debug!(job = %job.name_any(), pod = %pod.name,
+                        "orphan changed before its adoption; planning again from the watch");
+                    return Ok(Some(Step::Conflict(None)));
+                }
             }
         }
         for pod in &plan.release {
@@ -844,9 +845,22 @@ async fn create_pod(client: &Client, api: &Api<Pod>, mut pod: Pod) -> Result<Pod
 }
 
 pub async fn remove_finalizer(api: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
-    let patch = json!({
+    remove_finalizer_at(api, name, None).await
+}
+
+/// Removes the tracking finalizer only while the pod is at `version` (when given): 409
+/// Conflict if it changed since.
+pub async fn remove_finalizer_at(
+    api: &Api<Pod>,
+    name: &str,
+    version: Option<&str>,
+) -> Result<(), kube::Error> {
+    let mut patch = json!({
         "metadata": { "$deleteFromPrimitiveList/finalizers": [TRACKING_FINALIZER] }
     });
+    if let Some(version) = version {
+        patch["metadata"]["resourceVersion"] = json!(version);
+    }
     patch_unread(api, name, patch).await
 }
 
@@ -927,6 +941,32 @@ pub async fn delete_released(
         version = now.metadata.resource_version;
     }
     Ok(Deleted::Changed)
+}
+
+/// Adopts an orphan: the Job's controller ownerReference and the tracking finalizer in one
+/// patch, only while the pod is at the version the plan saw. An adoption judged on a stale
+/// cache could otherwise land after the pod was adopted, relabelled and released again,
+/// and leave a pod outside the Job's selector (and outside the pod watch) owned by it.
+/// False when the pod changed (409) or is gone.
+async fn adopt(api: &Api<Pod>, pod: &PodRef, owner: &OwnerReference) -> Result<bool, ExecuteError> {
+    let mut patch = json!({
+        "metadata": {
+            "uid": pod.uid,
+            "ownerReferences": [owner],
+            "finalizers": [TRACKING_FINALIZER],
+        }
+    });
+    if let Some(version) = &pod.version {
+        patch["metadata"]["resourceVersion"] = json!(version);
+    }
+    match patch_unread(api, &pod.name, patch).await {
+        Ok(()) => Ok(true),
+        Err(e) if is_not_found(&e) || code_of(&e) == Some(409) => Ok(false),
+        Err(source) => Err(ExecuteError::PatchPod {
+            pod: pod.name.clone(),
+            source,
+        }),
+    }
 }
 
 async fn patch_pod(
@@ -1049,18 +1089,29 @@ mod tests {
             "image": "busybox", "imageID": "", "ready": false, "restartCount": 0,
             "state": {"terminated": {"exitCode": 1, "finishedAt": "9999-12-31T23:59:59Z"}}}]}}"#;
 
+    /// What the apiserver of [`answering`] was asked: method, path and query, Accept
+    /// header; and the bodies.
+    type Asked = Arc<Mutex<(Vec<String>, Vec<serde_json::Value>)>>;
+
     /// A client whose apiserver answers every request 200 with `answer`, and what it was
-    /// asked: method, path and query, Accept header.
-    fn answering(answer: &'static str) -> (Client, Arc<Mutex<Vec<String>>>) {
-        let asked = Arc::new(Mutex::new(Vec::new()));
+    /// asked.
+    fn answering(answer: &'static str) -> (Client, Asked) {
+        let asked = Asked::default();
         let log = asked.clone();
         let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
             let accept = request.headers().get(http::header::ACCEPT);
             let accept = accept.and_then(|v| v.to_str().ok()).unwrap_or_default();
             let line = format!("{} {} {accept}", request.method(), request.uri());
-            log.lock().unwrap().push(line);
-            let body = kube::client::Body::from(answer.as_bytes().to_vec());
-            async move { Ok::<_, std::convert::Infallible>(http::Response::new(body)) }
+            let log = log.clone();
+            async move {
+                let body = request.into_body().collect_bytes().await.unwrap();
+                let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                let mut log = log.lock().unwrap();
+                log.0.push(line);
+                log.1.push(body);
+                let answer = kube::client::Body::from(answer.as_bytes().to_vec());
+                Ok::<_, std::convert::Infallible>(http::Response::new(answer))
+            }
         });
         (Client::new(service, "ns"), asked)
     }
@@ -1072,13 +1123,27 @@ mod tests {
         let (client, asked) = answering(LAST_DAY_POD);
         let api: Api<Pod> = Api::namespaced(client, "ns");
         remove_finalizer(&api, "p").await.unwrap();
-        let adopt = json!({"metadata": {"uid": "u-1", "finalizers": [TRACKING_FINALIZER]}});
-        patch_pod(&api, "p", adopt).await.unwrap();
+        let orphan = PodRef {
+            name: "p".into(),
+            uid: "u-1".into(),
+            version: Some("41".into()),
+        };
+        let owner = OwnerReference {
+            controller: Some(true),
+            name: "j".into(),
+            uid: "j-1".into(),
+            ..OwnerReference::default()
+        };
+        assert!(adopt(&api, &orphan, &owner).await.unwrap());
         delete_unread(&api, "p", &DeleteParams::default())
             .await
             .unwrap();
-        let asked = asked.lock().unwrap();
+        let (asked, bodies) = &*asked.lock().unwrap();
         assert_eq!(asked.len(), 3, "{asked:?}");
+        // The adoption holds only for the pod as the plan saw it.
+        assert_eq!(bodies[1]["metadata"]["resourceVersion"], "41");
+        assert_eq!(bodies[1]["metadata"]["uid"], "u-1");
+        assert_eq!(bodies[1]["metadata"]["ownerReferences"][0]["uid"], "j-1");
         for patch in &asked[..2] {
             assert!(
                 patch.starts_with("PATCH /api/v1/namespaces/ns/pods/p?")

@@ -100,6 +100,9 @@ pub struct BackoffRecord {
 pub struct PodRef {
     pub name: String,
     pub uid: String,
+    /// The resourceVersion the plan saw: a write that must act only on the pod as judged
+    /// (adoption) makes it a precondition.
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

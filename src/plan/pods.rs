@@ -29,6 +29,7 @@ pub fn pod_ref(pod: &Pod) -> PodRef {
     PodRef {
         name: pod.metadata.name.clone().unwrap_or_default(),
         uid: uid(pod).to_string(),
+        version: pod.metadata.resource_version.clone(),
     }
 }
 

@@ -129,8 +129,14 @@ async fn release_if_orphaned(
 ) {
     let ns = pod.namespace().unwrap_or_default();
     let key = format!("{ns}/{}", pod.name_any());
+    // An orphan may be adopted any moment: release only the version judged here (a newer
+    // one comes with its own event and hint).
+    let mut version = None;
     let reason = match controller_of(pod) {
-        None => Some("it has no controller"),
+        None => {
+            version = pod.metadata.resource_version.as_deref();
+            Some("it has no controller")
+        }
         Some(owner) => match owners.get(&owner.uid) {
             Some(reason) => *reason,
             None => match why_no_job_counts(ctx, ownership, &ns, &owner.name, &owner.uid).await {
@@ -146,10 +152,13 @@ async fn release_if_orphaned(
         return;
     };
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    match execute::remove_finalizer(&api, &pod.name_any()).await {
+    match execute::remove_finalizer_at(&api, &pod.name_any(), version).await {
         Ok(()) => info!(pod = %key, reason,
             "removed the tracking finalizer of a pod no Job will count"),
         Err(e) if execute::code_of(&e) == Some(404) => {}
+        Err(e) if execute::code_of(&e) == Some(409) => {
+            debug!(pod = %key, "orphan changed before its finalizer came off; its next event decides");
+        }
         Err(e) => warn!(pod = %key, error = %e,
             "could not remove the tracking finalizer of an orphaned pod"),
     }
@@ -232,17 +241,22 @@ async fn release_pods_of_deleted_jobs(
     }
 }
 
-/// Retries a failed removal this long at most (1 s doubling to 32 s between tries): an
+/// Tries a cleanup write this many times at most (1 s doubling to 32 s between tries): an
 /// apiserver restart takes seconds to minutes. What is still left then is the sweep's.
-const DELETED_JOB_RETRIES: u32 = 8;
+const CLEANUP_TRIES: u32 = 8;
+
+/// The pause after failed try `attempt` (from 1) of a cleanup write.
+fn pause_after(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5))
+}
 
 /// Takes the tracking finalizer off a deleted Job's pods, retrying the failures with
 /// backoff: nothing else may ever look at those pods again (with `--all-jobs` no other
 /// controller does), so one failed request during an outage must not leak them.
 async fn remove_finalizers_until_done(api: Api<Pod>, job: String, mut pods: Vec<String>) {
     let total = pods.len();
-    let mut pause = Duration::from_secs(1);
-    for attempt in 1..=DELETED_JOB_RETRIES {
+    let released = pods.clone();
+    for attempt in 1..=CLEANUP_TRIES {
         let mut failed = Vec::new();
         for pod in pods {
             match execute::remove_finalizer(&api, &pod).await {
@@ -256,12 +270,13 @@ async fn remove_finalizers_until_done(api: Api<Pod>, job: String, mut pods: Vec<
             }
         }
         if failed.is_empty() {
-            info!(job = %job, pods = total, "Job deleted; removed tracking finalizers from its pods");
+            let names = crate::explain::names(released.iter().map(String::as_str));
+            info!(job = %job, pods = total, names = %names,
+                "Job deleted; removed tracking finalizers from its pods");
             return;
         }
         pods = failed;
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(32));
+        tokio::time::sleep(pause_after(attempt)).await;
     }
     warn!(job = %job, pods = ?pods,
         "gave up removing the tracking finalizer of a deleted Job's pods; the next sweep will");
@@ -270,13 +285,22 @@ async fn remove_finalizers_until_done(api: Api<Pod>, job: String, mut pods: Vec<
 /// A pod whose labels stop matching our watch's selector leaves the cache as if deleted.
 /// If a Job of ours still controls it and it still exists without matching the Job's
 /// selector, release it: drop our ownerReference and the tracking finalizer (the
-/// built-in controller releases such pods and cleans up orphans' finalizers too).
+/// built-in controller releases such pods and cleans up orphans' finalizers too). Nothing
+/// else will see the pod again (it left the watch), so a failed release is retried.
 async fn release_pods_that_left_the_selector(
     client: Client,
     jobs: Store<Job>,
     mut left: mpsc::UnboundedReceiver<Arc<Pod>>,
 ) {
-    while let Some(pod) = left.recv().await {
+    let mut releases = FuturesUnordered::new();
+    loop {
+        let pod = tokio::select! {
+            pod = left.recv() => match pod {
+                Some(pod) => pod,
+                None => return,
+            },
+            Some(()) = releases.next(), if !releases.is_empty() => continue,
+        };
         debug!(pod = %pod.name_any(), "pod left the watch's selector");
         let Some(owner) = controller_of(&pod).cloned() else {
             continue;
@@ -288,43 +312,61 @@ async fn release_pods_that_left_the_selector(
         if job.uid().as_deref() != Some(owner.uid.as_str()) {
             continue;
         }
-        // Read as the pod watch reads pods: slim, times read leniently.
-        let api: Api<WatchedPod> = Api::namespaced(client.clone(), &ns);
-        let key = format!("{ns}/{}", pod.name_any());
-        let live = match api.get_opt(&pod.name_any()).await {
-            Ok(Some(WatchedPod(live))) => live,
-            Ok(None) => continue,
-            Err(e) => {
-                warn!(pod = %key, error = %e, "could not read a pod that left the Job's selector");
-                continue;
-            }
-        };
-        let still_matches = selector_of(&job).is_some_and(|s| s.matches(live.labels()));
-        let still_ours = controller_of(&live).is_some_and(|o| o.uid == owner.uid);
-        if still_matches || !still_ours || live.metadata.deletion_timestamp.is_some() {
-            debug!(pod = %key, still_matches, still_ours, "pod is not for release");
-            continue;
-        }
-        let patch = serde_json::json!({
-            "metadata": {
-                "uid": live.uid(),
-                "ownerReferences": [{"$patch": "delete", "uid": owner.uid}],
-                "$deleteFromPrimitiveList/finalizers": [crate::plan::TRACKING_FINALIZER],
-            }
-        });
-        let params = kube::api::PatchParams::default();
-        match api
-            .patch(
-                &live.name_any(),
-                &params,
-                &kube::api::Patch::Strategic(patch),
-            )
-            .await
-        {
-            Ok(_) => info!(job = %format!("{ns}/{}", job.name_any()), pod = %key,
-                "released a pod that no longer matches the Job's selector"),
-            Err(e) if execute::code_of(&e) == Some(404) => {}
-            Err(e) => warn!(pod = %key, error = %e, "could not release a pod"),
-        }
+        releases.push(release_until_done(client.clone(), job, pod.name_any()));
     }
+}
+
+/// [`release_left_pod`], retried with backoff on failure as [`remove_finalizers_until_done`].
+async fn release_until_done(client: Client, job: Arc<Job>, pod: String) {
+    let ns = job.namespace().unwrap_or_default();
+    let api: Api<WatchedPod> = Api::namespaced(client, &ns);
+    let key = format!("{ns}/{pod}");
+    for attempt in 1..=CLEANUP_TRIES {
+        match release_left_pod(&api, &job, &pod).await {
+            Ok(()) => return,
+            Err(e) => warn!(pod = %key, attempt, error = %e,
+                "could not release a pod that left its Job's selector; retrying"),
+        }
+        tokio::time::sleep(pause_after(attempt)).await;
+    }
+    warn!(pod = %key, "gave up releasing a pod that left its Job's selector");
+}
+
+/// Releases `pod` from `job` if it still exists, is still the Job's and does not match
+/// its selector (read live: the watch only said it left).
+async fn release_left_pod(api: &Api<WatchedPod>, job: &Job, pod: &str) -> Result<(), kube::Error> {
+    let ns = job.namespace().unwrap_or_default();
+    let key = format!("{ns}/{pod}");
+    let job_uid = job.uid().unwrap_or_default();
+    // Read as the pod watch reads pods: slim, times read leniently.
+    let live = match api.get_opt(pod).await? {
+        Some(WatchedPod(live)) => live,
+        None => return Ok(()),
+    };
+    let still_matches = selector_of(job).is_some_and(|s| s.matches(live.labels()));
+    let still_ours = controller_of(&live).is_some_and(|o| o.uid == job_uid);
+    if still_matches || !still_ours || live.metadata.deletion_timestamp.is_some() {
+        debug!(pod = %key, still_matches, still_ours, "pod is not for release");
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "metadata": {
+            "uid": live.uid(),
+            "ownerReferences": [{"$patch": "delete", "uid": job_uid}],
+            "$deleteFromPrimitiveList/finalizers": [crate::plan::TRACKING_FINALIZER],
+        }
+    });
+    let params = kube::api::PatchParams::default();
+    match api
+        .patch(pod, &params, &kube::api::Patch::Strategic(patch))
+        .await
+    {
+        Ok(_) => info!(job = %format!("{ns}/{}", job.name_any()), pod = %key,
+            "released a pod that no longer matches the Job's selector"),
+        Err(e) if execute::code_of(&e) == Some(404) => {}
+        // Replaced by a pod of the same name: not the one that left.
+        Err(e) if execute::code_of(&e) == Some(409) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(())
 }

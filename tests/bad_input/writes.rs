@@ -517,12 +517,11 @@ async fn pod_created_while_its_job_is_being_deleted_is_released() {
         all_pods(env).await.is_empty().then_some(())
     })
     .await;
+    // Released by the orphan handling, or by the Job's Delete event's cleanup when that
+    // event came after the pod was cached: either way a line names the pod.
     wait_log(
         case.controller(),
-        &[
-            "late-2",
-            "removed the tracking finalizer of a pod no Job will count",
-        ],
+        &["late-2", "removed", "tracking finalizer"],
     )
     .await;
     case.assert_healthy_job_completes().await;

@@ -84,7 +84,20 @@ pub fn jobkeeper_binary() -> PathBuf {
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    match try_wait_for(timeout, check).await {
+        Some(v) => v,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`; None after `timeout` (for a caller
+/// that has more to say about a timeout than what it waited for).
+pub async fn try_wait_for<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -92,10 +105,10 @@ where
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check().await {
-            return v;
+            return Some(v);
         }
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -349,6 +362,46 @@ impl TestEnv {
         self.controller
             .as_ref()
             .expect("this test runs a controller")
+    }
+
+    /// A pod's story for a failure message: who wrote which of its metadata when (its
+    /// managedFields), its owners, labels and finalizers now, and the controller's log
+    /// lines that name it.
+    pub async fn pod_story(&self, name: &str) -> String {
+        let mut story = String::new();
+        match self.pods().get_opt(name).await {
+            Ok(Some(pod)) => {
+                let meta = &pod.metadata;
+                story.push_str(&format!(
+                    "pod {name} at {:?}: owners {:?}\n  labels {:?}\n  finalizers {:?}\n",
+                    meta.resource_version, meta.owner_references, meta.labels, meta.finalizers
+                ));
+                for entry in meta.managed_fields.iter().flatten() {
+                    story.push_str(&format!(
+                        "  {} {} {} at {:?}: {}\n",
+                        entry.manager.as_deref().unwrap_or("?"),
+                        entry.operation.as_deref().unwrap_or("?"),
+                        entry.subresource.as_deref().unwrap_or(""),
+                        entry.time.as_ref().map(|t| t.0.to_string()),
+                        entry
+                            .fields_v1
+                            .as_ref()
+                            .map(|f| f.0.to_string())
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+            Ok(None) => story.push_str(&format!("pod {name} is gone\n")),
+            Err(e) => story.push_str(&format!("pod {name} could not be read: {e}\n")),
+        }
+        if let Some(controller) = &self.controller {
+            story.push_str("controller log lines naming it:\n");
+            for line in controller.log_text().lines().filter(|l| l.contains(name)) {
+                story.push_str(line);
+                story.push('\n');
+            }
+        }
+        story
     }
 
     pub async fn create_job(&self, job: &Job) -> Job {
