@@ -9,6 +9,7 @@
 mod cleanup;
 mod sync;
 mod watches;
+mod workers;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -39,6 +40,7 @@ use crate::config::BUILT_IN_MANAGER;
 pub use crate::edge::health::WatchSettings;
 use crate::edge::metrics::SharedMetrics;
 use crate::plan::BackoffRecord;
+use workers::Workers;
 
 pub use sync::{Pending, SyncError};
 
@@ -105,6 +107,8 @@ pub struct Context {
     pub not_before: Mutex<HashMap<String, Instant>>,
     /// The pod watches of manualSelector Jobs.
     pub selector_watches: SelectorWatches,
+    /// `--concurrency` syncs at once, the waiting ones served in order.
+    pub workers: Workers,
 }
 
 #[derive(Clone)]
@@ -186,8 +190,19 @@ pub fn controller(
         (wake_tx, left_tx.clone()),
         expectations.clone(),
     );
+    let (workers, stop_workers) = Workers::new(config.concurrency);
+    let shutdown = async move {
+        shutdown.await;
+        stop_workers.send(true).ok();
+    };
     let shared = (jobs, pods, expectations);
-    let (ctx, background) = context(&client, &config, metrics, shared, selector_watches);
+    let (ctx, background) = context(
+        &client,
+        &config,
+        metrics,
+        shared,
+        (selector_watches, workers),
+    );
 
     let (jobs_api, pods_api) = watches::apis(&client, &config.ownership.namespaces);
     let health = &config.watches.health;
@@ -223,14 +238,7 @@ pub fn controller(
     let ownership = config.ownership.clone();
     let cleanup = cleanup::cleanup_tasks(ctx.clone(), ownership, deleted_rx, left_rx, orphans_rx);
     let caches = ctx.caches.clone();
-    let syncs = sync_loop(
-        job_events,
-        pod_events,
-        wake_rx,
-        ctx,
-        config.concurrency,
-        shutdown,
-    );
+    let syncs = sync_loop(job_events, pod_events, wake_rx, ctx, shutdown);
 
     let run = async move {
         // The watches are judged for as long as they run.
@@ -251,7 +259,7 @@ fn context(
     config: &RuntimeConfig,
     metrics: SharedMetrics,
     (jobs, pods, expectations): (Store<Job>, Store<Pod>, Expectations),
-    selector_watches: SelectorWatches,
+    (selector_watches, workers): (SelectorWatches, Workers),
 ) -> (Arc<Context>, impl Future<Output = ()> + use<>) {
     let (events, publish_events) = event_sink(client, &config.reporter_instance);
     let (caches, watch_stores) = Caches::new(jobs.clone(), pods.clone());
@@ -275,6 +283,7 @@ fn context(
         )),
         not_before: Mutex::default(),
         selector_watches,
+        workers,
     });
     let publish_load = publish_load(ctx.clone());
     let background = async move {
@@ -319,13 +328,13 @@ fn event_sink(client: &Client, instance: &str) -> (EventSink, impl Future<Output
 }
 
 /// The queue and its workers: a Job is synced on its own events, its pods' events and its
-/// selector watch's wake-ups, `concurrency` Jobs at a time, until `shutdown`.
+/// selector watch's wake-ups, until `shutdown`. kube-runtime starts every triggered sync at
+/// once; each waits for one of the [`Workers`] (`--concurrency`) in the order triggered.
 fn sync_loop(
     job_events: impl Stream<Item = Result<Job, watcher::Error>> + Send + 'static,
     pod_events: impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static,
     wake: impl Stream<Item = ObjectRef<Job>> + Send + 'static,
     ctx: Arc<Context>,
-    concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Future<Output = ()> {
     let managed_jobs = ctx.metrics.managed_jobs.clone();
@@ -338,7 +347,7 @@ fn sync_loop(
         )
         .reconcile_on(wake.inspect(move |job| pending.add(job.clone())))
         .trigger_backoff(EachWatchBacksOffAlone)
-        .with_config(controller::Config::default().concurrency(concurrency))
+        .with_config(controller::Config::default().concurrency(0))
         .graceful_shutdown_on(shutdown)
         .run(sync::reconcile, sync::error_policy, ctx)
         .for_each(move |result| {

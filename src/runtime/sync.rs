@@ -105,6 +105,11 @@ pub(super) async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action
     if let Some(wait) = not_before.and_then(|at| at.checked_duration_since(Instant::now())) {
         return Ok(Action::requeue(wait));
     }
+    // Our turn, after the Jobs triggered before. None: the controller is stopping; the
+    // Job's trigger is the next leader's (it syncs every Job when it starts).
+    let Some(_worker) = ctx.workers.turn().await else {
+        return Ok(Action::await_change());
+    };
     ctx.pending.started(&ObjectRef::from_obj(&*job));
     let started = Instant::now();
     let mut planning = Duration::ZERO;
