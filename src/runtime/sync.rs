@@ -33,10 +33,13 @@ const MIN_PACING_PAUSE: Duration = Duration::from_millis(1);
 
 /// Jobs triggered by a watch event whose sync has not started yet, with when they were
 /// first triggered: the controller's queue, deduplicated as it is, for the `queue_depth`
-/// gauge and the queue part of the [`ApiLoad`].
+/// gauge, the queue part of the [`ApiLoad`] and the workers' order. Also, by Job, the
+/// first trigger of a sync that held its status write back, which the sync making the
+/// write inherits as its place in the workers' order.
 #[derive(Clone)]
 pub struct Pending {
     keys: Arc<Mutex<HashMap<ObjectRef<Job>, Instant>>>,
+    carried: Arc<Mutex<HashMap<ObjectRef<Job>, Instant>>>,
     gauge: prometheus_client::metrics::gauge::Gauge,
     load: Arc<ApiLoad>,
 }
@@ -45,9 +48,39 @@ impl Pending {
     pub(super) fn new(gauge: prometheus_client::metrics::gauge::Gauge, load: Arc<ApiLoad>) -> Self {
         Pending {
             keys: Arc::default(),
+            carried: Arc::default(),
             gauge,
             load,
         }
+    }
+
+    /// Since when the Job has been owed a sync: the earlier of its first trigger not yet
+    /// served and the time carried over from a sync that held work back; else now (a
+    /// requeue after a wait of its own choosing).
+    fn owed_since(&self, key: &ObjectRef<Job>) -> Instant {
+        let triggered = self.keys.lock().expect("pending lock").get(key).copied();
+        let carried = self.carried.lock().expect("pending lock").get(key).copied();
+        triggered
+            .into_iter()
+            .chain(carried)
+            .min()
+            .unwrap_or_else(Instant::now)
+    }
+
+    /// After a sync owed since `since`: whether it left work for a later sync of the Job
+    /// (a held status write), which then keeps `since` as its place.
+    fn carry(&self, key: &ObjectRef<Job>, since: Instant, left_work: bool) {
+        let mut carried = self.carried.lock().expect("pending lock");
+        if left_work {
+            carried.insert(key.clone(), since);
+        } else {
+            carried.remove(key);
+        }
+    }
+
+    /// The Job is gone: nothing is owed to it any more.
+    pub(super) fn forget(&self, key: &ObjectRef<Job>) {
+        self.carried.lock().expect("pending lock").remove(key);
     }
 
     pub(super) fn add(&self, key: ObjectRef<Job>) {
@@ -105,16 +138,19 @@ pub(super) async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action
     if let Some(wait) = not_before.and_then(|at| at.checked_duration_since(Instant::now())) {
         return Ok(Action::requeue(wait));
     }
-    // Our turn, after the Jobs triggered before. None: the controller is stopping; the
-    // Job's trigger is the next leader's (it syncs every Job when it starts).
-    let Some(_worker) = ctx.workers.turn().await else {
+    // Our turn, after the work owed longer. None: the controller is stopping; the Job's
+    // trigger is the next leader's (it syncs every Job when it starts).
+    let job_ref = ObjectRef::from_obj(&*job);
+    let owed_since = ctx.pending.owed_since(&job_ref);
+    let Some(_worker) = ctx.workers.turn(owed_since).await else {
         return Ok(Action::await_change());
     };
-    ctx.pending.started(&ObjectRef::from_obj(&*job));
+    ctx.pending.started(&job_ref);
     let started = Instant::now();
-    let mut planning = Duration::ZERO;
-    let result = sync(job.clone(), &ctx, &mut planning).await;
-    let pause = planning * PLANNING_PACE;
+    let mut report = SyncReport::default();
+    let result = sync(job.clone(), &ctx, &mut report).await;
+    ctx.pending.carry(&job_ref, owed_since, report.held);
+    let pause = report.planning * PLANNING_PACE;
     let mut pacing = ctx.not_before.lock().expect("pacing lock");
     if pause >= MIN_PACING_PAUSE {
         pacing.insert(uid.clone(), Instant::now() + pause);
@@ -140,9 +176,16 @@ pub(super) async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action
     result
 }
 
-/// Adds the time spent reading caches and planning (not waiting on the apiserver) to
-/// `planning`.
-async fn sync(job: Arc<Job>, ctx: &Context, planning: &mut Duration) -> Result<Action, SyncError> {
+/// What a sync tells besides its result.
+#[derive(Default)]
+struct SyncReport {
+    /// Time spent reading caches and planning (not waiting on the apiserver).
+    planning: Duration,
+    /// The last plan's status write was held back for a later sync.
+    held: bool,
+}
+
+async fn sync(job: Arc<Job>, ctx: &Context, report: &mut SyncReport) -> Result<Action, SyncError> {
     let job_ref = ObjectRef::from_obj(&*job);
     // A manualSelector Job's pods are in a watch of its own; never plan before it listed.
     let Ok(selected) = ctx.selector_watches.pods_store(&job).await else {
@@ -170,7 +213,8 @@ async fn sync(job: Arc<Job>, ctx: &Context, planning: &mut Duration) -> Result<A
         };
         let mut plan = plan::plan(&snapshot);
         let held = hold_counter_only_status(ctx, &view.job, &uid, &mut plan);
-        *planning += planning_started.elapsed();
+        report.held = held;
+        report.planning += planning_started.elapsed();
         // A pod we created that no watch event confirms stops being expected after a
         // while; look again then, whatever the plan says.
         if let Some(until) = view.unconfirmed_until {
@@ -297,5 +341,36 @@ pub(super) fn error_policy(job: Arc<Job>, error: &SyncError, ctx: Arc<Context>) 
             ..
         } => Action::requeue(backoff.min(*after)),
         _ => Action::requeue(backoff),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_write_keeps_its_place_until_a_sync_leaves_nothing_owed() {
+        let pending = Pending::new(Default::default(), Arc::new(ApiLoad::default()));
+        let job = ObjectRef::<Job>::new("j").within("ns");
+        pending.add(job.clone());
+        let first = pending.owed_since(&job);
+        pending.started(&job);
+        // The sync held its write: the sync that makes it comes back with the old place,
+        // even when newer triggers come meanwhile.
+        pending.carry(&job, first, true);
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(pending.owed_since(&job), first);
+        pending.add(job.clone());
+        assert_eq!(pending.owed_since(&job), first);
+        pending.started(&job);
+        // That sync wrote: the next trigger starts a new place.
+        pending.carry(&job, first, false);
+        pending.add(job.clone());
+        assert!(pending.owed_since(&job) > first);
+        // And a Job deleted meanwhile leaves nothing behind.
+        pending.carry(&job, first, true);
+        pending.forget(&job);
+        pending.started(&job);
+        assert!(pending.owed_since(&job) > first);
     }
 }

@@ -1,5 +1,5 @@
-//! The sync workers: `--concurrency` Jobs sync at once, and a Job waiting for a worker gets
-//! one in the order it asked, first come, first served.
+//! The sync workers: `--concurrency` Jobs sync at once, and the Jobs waiting for a worker
+//! are served oldest work first.
 //!
 //! kube-runtime's own concurrency limit parks the Jobs that wait for a worker in a hash set
 //! and, when a worker frees up, takes the first Job the set's iteration yields. Under
@@ -7,18 +7,85 @@
 //! and again: in the half-size bench at 20/30 the first Jobs' pods finished at 2 s and were
 //! counted after 100 s and more, while the median Job was served 2 s after its pod
 //! finished. So the controller lets kube-runtime start every triggered sync at once, and
-//! each waits here for its turn on a fair semaphore. A Job triggered again while it waits
-//! is still one waiter (kube-runtime never runs two syncs of one Job), and its sync reads
-//! the caches only once it has a worker.
+//! each waits here for its turn. A Job triggered again while it waits is still one waiter
+//! (kube-runtime never runs two syncs of one Job), and its sync reads the caches only once
+//! it has a worker.
+//!
+//! The order is by how long the work has been owed, not by arrival: a Job's key is the
+//! time of its first trigger not yet served, and a sync that held a status write back (see
+//! `status_batch`) passes its key on to the sync that makes the write. In a plain FIFO the
+//! held write would queue behind everything triggered during the hold, once for the pods'
+//! uncounted write and once more for the counters, each a full trip through a saturated
+//! queue.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use std::time::Instant;
+use tokio::sync::{oneshot, watch};
 
-/// The workers' turns, handed out in the order asked.
+/// The workers' turns, handed out oldest key first (equal keys in the order asked).
 pub struct Workers {
-    permits: Arc<Semaphore>,
+    shared: Arc<Shared>,
     stopping: watch::Receiver<bool>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+}
+
+struct State {
+    free: usize,
+    /// By (key, order asked): where to send the turn.
+    waiting: BTreeMap<(Instant, u64), oneshot::Sender<Turn>>,
+    asked: u64,
+}
+
+/// A worker, held until dropped; then the oldest waiter gets it.
+pub struct Turn {
+    /// None once handed on (a waiter that gave up sends it back this way).
+    shared: Option<Arc<Shared>>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            Shared::hand_on(&shared);
+        }
+    }
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("workers lock")
+    }
+
+    /// A worker came free: to the oldest waiter still waiting, else back to the pool.
+    fn hand_on(shared: &Arc<Shared>) {
+        loop {
+            let next = {
+                let mut state = shared.state();
+                let next = state.waiting.pop_first();
+                if next.is_none() {
+                    state.free += 1;
+                }
+                next
+            };
+            let Some((_, waiter)) = next else {
+                return;
+            };
+            let turn = Turn {
+                shared: Some(shared.clone()),
+            };
+            match waiter.send(turn) {
+                Ok(()) => return,
+                // It stopped waiting: the next one. (Not dropped as a turn: no recursion.)
+                Err(mut turn) => {
+                    turn.shared = None;
+                }
+            }
+        }
+    }
 }
 
 impl Workers {
@@ -27,21 +94,43 @@ impl Workers {
     /// the controller shuts down.
     pub fn new(count: u16) -> (Workers, watch::Sender<bool>) {
         let (stop, stopping) = watch::channel(false);
-        let workers = Workers {
-            permits: Arc::new(Semaphore::new(usize::from(count.max(1)))),
-            stopping,
+        let state = State {
+            free: usize::from(count.max(1)),
+            waiting: BTreeMap::new(),
+            asked: 0,
         };
-        (workers, stop)
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+        });
+        (Workers { shared, stopping }, stop)
     }
 
-    /// A worker, held until the returned permit drops; None once the controller stops.
-    pub async fn turn(&self) -> Option<OwnedSemaphorePermit> {
+    /// A worker for work owed since `key`; None once the controller stops. If the waiting
+    /// future is dropped, a turn sent to it meanwhile goes on to the next waiter.
+    pub async fn turn(&self, key: Instant) -> Option<Turn> {
+        let waiting = {
+            let mut state = self.shared.state();
+            if *self.stopping.borrow() {
+                return None;
+            }
+            if state.free > 0 {
+                state.free -= 1;
+                return Some(Turn {
+                    shared: Some(self.shared.clone()),
+                });
+            }
+            let (tx, rx) = oneshot::channel();
+            state.asked += 1;
+            let order = state.asked;
+            state.waiting.insert((key, order), tx);
+            rx
+        };
         let mut stopping = self.stopping.clone();
         tokio::select! {
             biased;
             // Err: the sender is gone with the controller that owned it.
             _ = stopping.wait_for(|stop| *stop) => None,
-            permit = self.permits.clone().acquire_owned() => permit.ok(),
+            turn = waiting => turn.ok(),
         }
     }
 }
@@ -85,7 +174,11 @@ mod tests {
             .run(
                 |job: Arc<Job>, context: Arc<(Workers, Mutex<Vec<usize>>, bool)>| async move {
                     let (workers, served, limit) = &*context;
-                    let _turn = if *limit { None } else { workers.turn().await };
+                    let _turn = if *limit {
+                        None
+                    } else {
+                        workers.turn(Instant::now()).await
+                    };
                     let name = job.metadata.name.clone().unwrap_or_default();
                     served
                         .lock()
@@ -137,13 +230,60 @@ mod tests {
     #[tokio::test]
     async fn a_sync_waiting_for_a_worker_ends_when_the_controller_stops() {
         let (workers, stop) = Workers::new(1);
-        let held = workers.turn().await.expect("a free worker");
-        let waiting = workers.turn();
+        let held = workers.turn(Instant::now()).await.expect("a free worker");
+        let waiting = workers.turn(Instant::now());
         tokio::pin!(waiting);
         assert!(futures::poll!(waiting.as_mut()).is_pending());
         stop.send(true).unwrap();
         assert!(waiting.await.is_none());
         drop(held);
-        assert!(workers.turn().await.is_none(), "no turns once stopped");
+        let again = workers.turn(Instant::now()).await;
+        assert!(again.is_none(), "no turns once stopped");
+    }
+
+    /// Waiters asking at `keys` (in this order) behind one held worker; the order they
+    /// got it in, as indexes into `keys`.
+    async fn served(keys: &[Duration], give_up: Option<usize>) -> Vec<usize> {
+        let (workers, _stop) = Workers::new(1);
+        let base = Instant::now();
+        let held = workers.turn(base).await.expect("a free worker");
+        let served = Mutex::new(Vec::new());
+        let mut waiters: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let (workers, served) = (&workers, &served);
+                Box::pin(async move {
+                    let turn = workers.turn(base + *key).await;
+                    served.lock().unwrap().push(i);
+                    drop(turn);
+                })
+            })
+            .collect();
+        for waiter in &mut waiters {
+            assert!(futures::poll!(waiter.as_mut()).is_pending());
+        }
+        if let Some(quitter) = give_up {
+            drop(waiters.remove(quitter));
+        }
+        drop(held);
+        futures::future::join_all(waiters).await;
+        served.into_inner().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_oldest_work_gets_the_next_worker_whenever_it_asked() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            served(&[ms(3), ms(1), ms(2), ms(1)], None).await,
+            [1, 3, 2, 0]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gave_up_passes_its_turn_on() {
+        let ms = Duration::from_millis;
+        // The oldest (index 1) is dropped before its turn comes.
+        assert_eq!(served(&[ms(3), ms(1), ms(2)], Some(1)).await, [2, 0]);
     }
 }
