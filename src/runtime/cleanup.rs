@@ -210,7 +210,6 @@ async fn release_pods_of_deleted_jobs(
             Some(()) = removals.next(), if !removals.is_empty() => continue,
         };
         let uid = job.uid().unwrap_or_default();
-        ctx.pending.forget(&ObjectRef::from_obj(&*job));
         let ns = job.namespace().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
         let mut owned = ctx.pod_index.controlled_by(&ctx.pods, &uid);

@@ -33,13 +33,10 @@ const MIN_PACING_PAUSE: Duration = Duration::from_millis(1);
 
 /// Jobs triggered by a watch event whose sync has not started yet, with when they were
 /// first triggered: the controller's queue, deduplicated as it is, for the `queue_depth`
-/// gauge, the queue part of the [`ApiLoad`] and the workers' order. Also, by Job, the
-/// first trigger of a sync that held its status write back, which the sync making the
-/// write inherits as its place in the workers' order.
+/// gauge, the queue part of the [`ApiLoad`] and the workers' order.
 #[derive(Clone)]
 pub struct Pending {
     keys: Arc<Mutex<HashMap<ObjectRef<Job>, Instant>>>,
-    carried: Arc<Mutex<HashMap<ObjectRef<Job>, Instant>>>,
     gauge: prometheus_client::metrics::gauge::Gauge,
     load: Arc<ApiLoad>,
 }
@@ -48,39 +45,17 @@ impl Pending {
     pub(super) fn new(gauge: prometheus_client::metrics::gauge::Gauge, load: Arc<ApiLoad>) -> Self {
         Pending {
             keys: Arc::default(),
-            carried: Arc::default(),
             gauge,
             load,
         }
     }
 
-    /// Since when the Job has been owed a sync: the earlier of its first trigger not yet
-    /// served and the time carried over from a sync that held work back; else now (a
-    /// requeue after a wait of its own choosing).
+    /// Since when the Job has been owed a sync: its first trigger not yet served, even if
+    /// it came while the Job's previous sync ran (kube-runtime holds it back until then);
+    /// else now (a requeue after a wait of the sync's own choosing).
     fn owed_since(&self, key: &ObjectRef<Job>) -> Instant {
         let triggered = self.keys.lock().expect("pending lock").get(key).copied();
-        let carried = self.carried.lock().expect("pending lock").get(key).copied();
-        triggered
-            .into_iter()
-            .chain(carried)
-            .min()
-            .unwrap_or_else(Instant::now)
-    }
-
-    /// After a sync owed since `since`: whether it left work for a later sync of the Job
-    /// (a held status write), which then keeps `since` as its place.
-    fn carry(&self, key: &ObjectRef<Job>, since: Instant, left_work: bool) {
-        let mut carried = self.carried.lock().expect("pending lock");
-        if left_work {
-            carried.insert(key.clone(), since);
-        } else {
-            carried.remove(key);
-        }
-    }
-
-    /// The Job is gone: nothing is owed to it any more.
-    pub(super) fn forget(&self, key: &ObjectRef<Job>) {
-        self.carried.lock().expect("pending lock").remove(key);
+        triggered.unwrap_or_else(Instant::now)
     }
 
     pub(super) fn add(&self, key: ObjectRef<Job>) {
@@ -147,10 +122,9 @@ pub(super) async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action
     };
     ctx.pending.started(&job_ref);
     let started = Instant::now();
-    let mut report = SyncReport::default();
-    let result = sync(job.clone(), &ctx, &mut report).await;
-    ctx.pending.carry(&job_ref, owed_since, report.held);
-    let pause = report.planning * PLANNING_PACE;
+    let mut planning = Duration::ZERO;
+    let result = sync(job.clone(), &ctx, &mut planning).await;
+    let pause = planning * PLANNING_PACE;
     let mut pacing = ctx.not_before.lock().expect("pacing lock");
     if pause >= MIN_PACING_PAUSE {
         pacing.insert(uid.clone(), Instant::now() + pause);
@@ -176,16 +150,9 @@ pub(super) async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action
     result
 }
 
-/// What a sync tells besides its result.
-#[derive(Default)]
-struct SyncReport {
-    /// Time spent reading caches and planning (not waiting on the apiserver).
-    planning: Duration,
-    /// The last plan's status write was held back for a later sync.
-    held: bool,
-}
-
-async fn sync(job: Arc<Job>, ctx: &Context, report: &mut SyncReport) -> Result<Action, SyncError> {
+/// Adds the time spent reading caches and planning (not waiting on the apiserver) to
+/// `planning`.
+async fn sync(job: Arc<Job>, ctx: &Context, planning: &mut Duration) -> Result<Action, SyncError> {
     let job_ref = ObjectRef::from_obj(&*job);
     // A manualSelector Job's pods are in a watch of its own; never plan before it listed.
     let Ok(selected) = ctx.selector_watches.pods_store(&job).await else {
@@ -213,8 +180,7 @@ async fn sync(job: Arc<Job>, ctx: &Context, report: &mut SyncReport) -> Result<A
         };
         let mut plan = plan::plan(&snapshot);
         let held = hold_counter_only_status(ctx, &view.job, &uid, &mut plan);
-        report.held = held;
-        report.planning += planning_started.elapsed();
+        *planning += planning_started.elapsed();
         // A pod we created that no watch event confirms stops being expected after a
         // while; look again then, whatever the plan says.
         if let Some(until) = view.unconfirmed_until {
@@ -349,28 +315,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_held_write_keeps_its_place_until_a_sync_leaves_nothing_owed() {
+    fn a_job_waits_from_its_first_trigger_not_yet_served() {
         let pending = Pending::new(Default::default(), Arc::new(ApiLoad::default()));
         let job = ObjectRef::<Job>::new("j").within("ns");
         pending.add(job.clone());
         let first = pending.owed_since(&job);
-        pending.started(&job);
-        // The sync held its write: the sync that makes it comes back with the old place,
-        // even when newer triggers come meanwhile.
-        pending.carry(&job, first, true);
         std::thread::sleep(Duration::from_millis(2));
-        assert_eq!(pending.owed_since(&job), first);
+        // Triggered again before its sync started: still one place, the first.
         pending.add(job.clone());
         assert_eq!(pending.owed_since(&job), first);
         pending.started(&job);
-        // That sync wrote: the next trigger starts a new place.
-        pending.carry(&job, first, false);
-        pending.add(job.clone());
-        assert!(pending.owed_since(&job) > first);
-        // And a Job deleted meanwhile leaves nothing behind.
-        pending.carry(&job, first, true);
-        pending.forget(&job);
-        pending.started(&job);
+        // Served: a sync without a trigger (a requeue) waits from now.
         assert!(pending.owed_since(&job) > first);
     }
 }

@@ -11,12 +11,10 @@
 //! (kube-runtime never runs two syncs of one Job), and its sync reads the caches only once
 //! it has a worker.
 //!
-//! The order is by how long the work has been owed, not by arrival: a Job's key is the
-//! time of its first trigger not yet served, and a sync that held a status write back (see
-//! `status_batch`) passes its key on to the sync that makes the write. In a plain FIFO the
-//! held write would queue behind everything triggered during the hold, once for the pods'
-//! uncounted write and once more for the counters, each a full trip through a saturated
-//! queue.
+//! The order is by how long the work has been owed, not by arrival here: a Job's key is
+//! its first trigger not yet served. A Job triggered while its previous sync ran reaches
+//! the workers only when that sync ends (kube-runtime holds the trigger back meanwhile),
+//! and keeps the place of its trigger among the Jobs triggered after it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
