@@ -121,6 +121,13 @@ pub(super) async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action
         return Ok(Action::await_change());
     };
     ctx.pending.started(&job_ref);
+    // The sync's future is large (every request it may make, inline): boxed only once the
+    // Job has a worker, so the Jobs waiting for one cost a few hundred bytes each.
+    Box::pin(run(job, ctx, uid)).await
+}
+
+/// The sync proper, with its pacing and metrics.
+async fn run(job: Arc<Job>, ctx: Arc<Context>, uid: String) -> Result<Action, SyncError> {
     let started = Instant::now();
     let mut planning = Duration::ZERO;
     let result = sync(job.clone(), &ctx, &mut planning).await;
@@ -327,5 +334,20 @@ mod tests {
         pending.started(&job);
         // Served: a sync without a trigger (a requeue) waits from now.
         assert!(pending.owed_since(&job) > first);
+    }
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, Fut>(_: impl FnOnce(A, B, C) -> Fut) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    #[test]
+    fn a_sync_waiting_for_a_worker_is_small() {
+        let waiting = future_size(|job: Arc<Job>, ctx: Arc<Context>, ()| reconcile(job, ctx));
+        let syncing = future_size(run);
+        assert!(
+            waiting <= 512 && syncing > 4 * waiting,
+            "waiting {waiting} bytes, syncing {syncing}"
+        );
     }
 }
