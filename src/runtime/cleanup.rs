@@ -201,14 +201,7 @@ async fn release_pods_of_deleted_jobs(
     mut deleted: mpsc::UnboundedReceiver<Arc<Job>>,
 ) {
     let mut removals = FuturesUnordered::new();
-    loop {
-        let job = tokio::select! {
-            job = deleted.recv() => match job {
-                Some(job) => job,
-                None => return,
-            },
-            Some(()) = removals.next(), if !removals.is_empty() => continue,
-        };
+    while let Some(job) = next_driving(&mut deleted, &mut removals).await {
         let uid = job.uid().unwrap_or_default();
         let ns = job.namespace().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -238,6 +231,20 @@ async fn release_pods_of_deleted_jobs(
         ctx.backoff.lock().expect("backoff lock").remove(&uid);
         ctx.errors.lock().expect("errors lock").remove(&uid);
         ctx.not_before.lock().expect("pacing lock").remove(&uid);
+    }
+}
+
+/// The next message of `rx`, driving `running` (the retried writes of earlier messages)
+/// while waiting; None once `rx` closes.
+async fn next_driving<T, F: Future<Output = ()>>(
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    running: &mut FuturesUnordered<F>,
+) -> Option<T> {
+    loop {
+        tokio::select! {
+            message = rx.recv() => return message,
+            Some(()) = running.next(), if !running.is_empty() => {}
+        }
     }
 }
 
@@ -293,14 +300,7 @@ async fn release_pods_that_left_the_selector(
     mut left: mpsc::UnboundedReceiver<Arc<Pod>>,
 ) {
     let mut releases = FuturesUnordered::new();
-    loop {
-        let pod = tokio::select! {
-            pod = left.recv() => match pod {
-                Some(pod) => pod,
-                None => return,
-            },
-            Some(()) = releases.next(), if !releases.is_empty() => continue,
-        };
+    while let Some(pod) = next_driving(&mut left, &mut releases).await {
         debug!(pod = %pod.name_any(), "pod left the watch's selector");
         let Some(owner) = controller_of(&pod).cloned() else {
             continue;
