@@ -637,6 +637,64 @@ async fn many_pods_complete_with_exact_counts_and_no_double_creates() {
     );
 }
 
+/// When requests wait for tokens of the client's limit, a sync that both counts finished
+/// pods and creates their successors counts first: the status that records the finished
+/// pods shows no successor active yet, and the successors come after it.
+#[tokio::test]
+async fn with_tokens_short_finished_pods_are_counted_before_their_successors_are_created() {
+    let mut env = TestEnv::without_controller("count-first").await;
+    let limit = [
+        "--kube-api-qps",
+        "0.5",
+        "--kube-api-burst",
+        "1",
+        "--status-batch-period",
+        "0s",
+        "--status-batch-period-max",
+        "0s",
+    ];
+    env.controller = Some(Controller::start(&env.ns, &limit));
+    let mut job = driven_job("first", Some(MANAGED_BY));
+    let spec = job.spec.as_mut().unwrap();
+    (spec.parallelism, spec.completions) = (Some(2), Some(4));
+    env.create_job(&job).await;
+    let first = env.wait_active("first", 2).await;
+    for pod in &first {
+        env.succeed(pod).await;
+    }
+    let recorded = wait_for(
+        "a status recording the two finished pods",
+        Duration::from_secs(60),
+        || async {
+            let status = env.status("first").await;
+            let uncounted = status
+                .uncounted_terminated_pods
+                .as_ref()
+                .and_then(|u| u.succeeded.as_ref())
+                .map_or(0, Vec::len);
+            (uncounted + status.succeeded.unwrap_or(0) as usize >= 2).then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(
+        recorded.active.unwrap_or(0),
+        0,
+        "the successors were created before the finished pods were recorded: {recorded:?}"
+    );
+    let second = env.wait_active("first", 2).await;
+    for pod in &second {
+        env.succeed(pod).await;
+    }
+    let status = env.wait_condition("first", "Complete").await;
+    assert_eq!((status.succeeded, status.active), (Some(4), None));
+    assert_eq!(
+        env.pods_of("first").await.len(),
+        4,
+        "one pod per completion"
+    );
+    env.assert_no_rejected_status().await;
+}
+
 /// Before deleting an excess pod, jobkeeper removes its tracking finalizer at the
 /// resourceVersion its plan saw. A pod that finished since (here: succeeded) is refused
 /// with 409 Conflict and keeps its finalizer, so its outcome is counted by the next plan

@@ -89,6 +89,9 @@ pub struct Executor<'a> {
     pub expectations: &'a Expectations,
     pub events: &'a EventSink,
     pub metrics: &'a SharedMetrics,
+    /// Requests wait for tokens of the client's limit: a plan that both counts finished
+    /// pods and creates new ones counts first (see [`Executor::apply`]).
+    pub tokens_short: bool,
 }
 
 pub fn code_of(error: &kube::Error) -> Option<u16> {
@@ -106,6 +109,9 @@ fn is_not_found(error: &kube::Error) -> bool {
 #[derive(Debug)]
 pub struct Applied {
     pub step: Step,
+    /// When the plan's status was written, if it was: the status batcher's periods run
+    /// from the write itself, not from the end of the finalizer removals after it.
+    pub status_written_at: Option<Instant>,
     /// A pod create or delete failed. The rest of the plan was still applied, its status
     /// corrected for what did not happen (as upstream's manageJob does), so finished pods
     /// are counted and lose their finalizer while, say, a quota rejects every create; the
@@ -142,26 +148,46 @@ impl Executor<'_> {
         let deleted = self
             .delete_pods(&pods_api, &job_uid, pods, &plan.delete, &job_ref)
             .await;
+        // Upstream creates before it counts. When every request waits for a token, that
+        // makes the pods that finished wait for the creates of their successors: then the
+        // status write and the finalizer removals go first, the status records the pods
+        // that exist (the next write adds the new ones), and the creates follow.
+        let count_first =
+            self.tokens_short && !plan.create.is_empty() && !plan.remove_finalizers.is_empty();
+        let create_now = if count_first {
+            Vec::new()
+        } else {
+            std::mem::take(&mut plan.create)
+        };
         let created = self
-            .create_pods(&pods_api, job, &plan.create, &job_ref)
+            .create_pods(&pods_api, job, &create_now, &job_ref)
             .await;
         let restore_error = self
             .restore_released(&pods_api, &job_uid, pods, &plan.restore)
             .await
             .err();
+        let created_or_not_yet = if count_first {
+            PodWrites {
+                missed: plan.create.len(),
+                ..PodWrites::default()
+            }
+        } else {
+            created
+        };
         plan.status = plan
             .status
             .take()
-            .and_then(|next| take_back_missed_writes(job, next, &deleted, &created));
-        let pod_write_error = deleted.error.or(created.error).or(restore_error);
-        let made = (created.made, deleted.made);
+            .and_then(|next| take_back_missed_writes(job, next, &deleted, &created_or_not_yet));
+        let pod_write_error = deleted.error.or(created_or_not_yet.error).or(restore_error);
+        let made = (created_or_not_yet.made, deleted.made);
         let rest = self
             .write_the_rest(job, &job_ref, &pods_api, plan, made)
             .await;
         match (rest, pod_write_error) {
-            (Ok(step), pod_write_error) => Ok(Applied {
+            (Ok((step, status_written_at, late_create_error)), pod_write_error) => Ok(Applied {
                 step,
-                pod_write_error,
+                status_written_at,
+                pod_write_error: pod_write_error.or(late_create_error),
             }),
             (Err(later), None) => Err(later),
             // The first failure is the one to report (a refused create is why the Job
@@ -176,6 +202,9 @@ impl Executor<'_> {
 
     /// Adoption and release, the status write, the finalizer removals and the report: the
     /// part of [`Self::apply`] after the pod writes (`made`: the creates and deletes made).
+    /// The creates still in the plan are those that wait for the counting (see
+    /// [`Self::apply`]): made after the finalizer removals. Returns the step to take, when
+    /// the status was written (if it was) and the first failure of those late creates.
     async fn write_the_rest(
         &self,
         job: &Arc<Job>,
@@ -183,33 +212,37 @@ impl Executor<'_> {
         pods_api: &Api<Pod>,
         mut plan: Plan,
         (created, deleted): (usize, usize),
-    ) -> Result<Step, ExecuteError> {
+    ) -> Result<(Step, Option<Instant>, Option<ExecuteError>), ExecuteError> {
         let job_uid = job.uid().unwrap_or_default();
         if let Some(step) = self.adopt_and_release(job, pods_api, &plan).await? {
-            return Ok(step);
+            return Ok((step, None, None));
         }
-        let status_written = match self.write_status(job, plan.status.take()).await? {
-            ControlFlow::Continue(written) => written,
-            ControlFlow::Break(step) => return Ok(step),
+        let written_at = match self.write_status(job, plan.status.take()).await? {
+            ControlFlow::Continue(written) => written.then(Instant::now),
+            ControlFlow::Break(step) => return Ok((step, None, None)),
         };
         // Reached only when the status write (if any) succeeded: the uncounted lists now
         // hold every pod whose finalizer goes here.
         let finalizers_removed = self
             .remove_finalizers(pods_api, &job_uid, &plan.remove_finalizers)
             .await?;
+        let late = self
+            .create_pods(pods_api, job, &std::mem::take(&mut plan.create), job_ref)
+            .await;
+        let created = created.saturating_add(late.made);
         let done = Done {
             created,
             deleted,
             finalizers_removed,
-            status_written,
+            status_written: written_at.is_some(),
         };
         self.report(job, job_ref, plan, &done);
         // After finalizers went, the next plan moves those pods from the uncounted lists
         // into the counters; do it now rather than wait for the watch.
         if done.finalizers_removed > 0 || done.deleted > 0 {
-            Ok(Step::Again)
+            Ok((Step::Again, written_at, late.error))
         } else {
-            Ok(Step::Settled)
+            Ok((Step::Settled, written_at, late.error))
         }
     }
 

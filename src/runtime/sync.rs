@@ -167,7 +167,8 @@ async fn sync(job: Arc<Job>, ctx: &Context, planning: &mut Duration) -> Result<A
         return Ok(Action::requeue(Duration::from_millis(500)));
     };
     let mut fresh: Option<Arc<Job>> = None;
-    for _ in 0..MAX_STEPS_PER_SYNC {
+    let turn_at = Instant::now();
+    for step_number in 0..MAX_STEPS_PER_SYNC {
         let planning_started = Instant::now();
         let cached = match fresh.take().or_else(|| ctx.jobs.get(&job_ref)) {
             Some(j) if j.uid() == job.uid() => j,
@@ -204,16 +205,16 @@ async fn sync(job: Arc<Job>, ctx: &Context, planning: &mut Duration) -> Result<A
         if plan.is_noop() {
             return Ok(action_for(requeue));
         }
-        let writes_status = plan.status.is_some();
         let finishes = plan.outcome.finished.is_some();
         let applied = ctx.executor().apply(&view.job, &view.pods, plan).await?;
         let step = applied.step;
-        if let (Step::Settled | Step::Again, true) = (&step, writes_status) {
-            if finishes {
-                ctx.batcher.forget(&uid);
-            } else {
-                ctx.batcher.written(&uid, Instant::now());
-            }
+        // The batch period runs from the write, not from the end of the finalizer
+        // removals after it: when tokens are short those can outlast the period, and the
+        // counting write that follows them then goes in this sync instead of a later one.
+        match (applied.status_written_at, finishes) {
+            (Some(_), true) => ctx.batcher.forget(&uid),
+            (Some(at), false) => ctx.batcher.written(&uid, at),
+            (None, _) => {}
         }
         if let (Step::Settled | Step::Again, Some(record)) = (&step, backoff_after_write) {
             ctx.keep_backoff(&uid, record);
@@ -228,6 +229,14 @@ async fn sync(job: Arc<Job>, ctx: &Context, planning: &mut Duration) -> Result<A
         }
         match step {
             Step::Settled => return Ok(action_for(requeue)),
+            // The step after finalizer removals counts those pods; past it, a Job whose
+            // pods keep finishing yields its worker to syncs waiting since before it began.
+            Step::Again
+                if step_number >= 1
+                    && ctx.workers.oldest_waiting().is_some_and(|at| at < turn_at) =>
+            {
+                break;
+            }
             Step::Again => {}
             Step::Conflict(None) => return Ok(Action::await_change()),
             Step::Conflict(Some(job)) => {
@@ -258,6 +267,7 @@ impl Context {
             expectations: &self.expectations,
             events: &self.events,
             metrics: &self.metrics,
+            tokens_short: self.batcher.load_at(Instant::now()).0.token > status_batch::KEEPS_UP,
         }
     }
 }

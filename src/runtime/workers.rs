@@ -103,6 +103,16 @@ impl Workers {
         (Workers { shared, stopping }, stop)
     }
 
+    /// The key of the oldest sync still waiting for a worker, if any.
+    pub fn oldest_waiting(&self) -> Option<Instant> {
+        let state = self.shared.state();
+        state
+            .waiting
+            .iter()
+            .find(|(_, waiter)| !waiter.is_closed())
+            .map(|((key, _), _)| *key)
+    }
+
     /// A worker for work owed since `key`; None once the controller stops. If the waiting
     /// future is dropped, a turn sent to it meanwhile goes on to the next waiter.
     pub async fn turn(&self, key: Instant) -> Option<Turn> {
@@ -283,5 +293,25 @@ mod tests {
         let ms = Duration::from_millis;
         // The oldest (index 1) is dropped before its turn comes.
         assert_eq!(served(&[ms(3), ms(1), ms(2)], Some(1)).await, [2, 0]);
+    }
+
+    #[tokio::test]
+    async fn the_oldest_waiting_key_is_known_and_a_waiter_that_gave_up_is_not_counted() {
+        let ms = Duration::from_millis;
+        let (workers, _stop) = Workers::new(1);
+        let base = Instant::now();
+        assert_eq!(workers.oldest_waiting(), None, "nobody waits");
+        let held = workers.turn(base).await.expect("a free worker");
+        assert_eq!(workers.oldest_waiting(), None, "the worker was free");
+        let mut older = Box::pin(workers.turn(base + ms(1)));
+        let mut younger = Box::pin(workers.turn(base + ms(2)));
+        assert!(futures::poll!(older.as_mut()).is_pending());
+        assert!(futures::poll!(younger.as_mut()).is_pending());
+        assert_eq!(workers.oldest_waiting(), Some(base + ms(1)));
+        drop(older);
+        assert_eq!(workers.oldest_waiting(), Some(base + ms(2)));
+        drop(held);
+        assert!(younger.await.is_some());
+        assert_eq!(workers.oldest_waiting(), None);
     }
 }
