@@ -133,7 +133,8 @@ struct PodWrites {
 
 impl Executor<'_> {
     /// Applies `plan`, computed from `job` and `pods`, in the order the planner assumes:
-    /// deletes, creates, adoption, status, finalizer removals; then tells of it.
+    /// deletes, creates, adoption, status, finalizer removals; then tells of it. While
+    /// tokens are short, a plan that counts finished pods makes its creates last.
     pub async fn apply(
         &self,
         job: &Arc<Job>,
@@ -154,32 +155,26 @@ impl Executor<'_> {
         // that exist (the next write adds the new ones), and the creates follow.
         let count_first =
             self.tokens_short && !plan.create.is_empty() && !plan.remove_finalizers.is_empty();
-        let create_now = if count_first {
-            Vec::new()
-        } else {
-            std::mem::take(&mut plan.create)
-        };
-        let created = self
-            .create_pods(&pods_api, job, &create_now, &job_ref)
-            .await;
-        let restore_error = self
-            .restore_released(&pods_api, &job_uid, pods, &plan.restore)
-            .await
-            .err();
-        let created_or_not_yet = if count_first {
+        let created = if count_first {
+            // Made by write_the_rest after the count; none of them exists for the status.
             PodWrites {
                 missed: plan.create.len(),
                 ..PodWrites::default()
             }
         } else {
-            created
+            let create = std::mem::take(&mut plan.create);
+            self.create_pods(&pods_api, job, &create, &job_ref).await
         };
+        let restore_error = self
+            .restore_released(&pods_api, &job_uid, pods, &plan.restore)
+            .await
+            .err();
         plan.status = plan
             .status
             .take()
-            .and_then(|next| take_back_missed_writes(job, next, &deleted, &created_or_not_yet));
-        let pod_write_error = deleted.error.or(created_or_not_yet.error).or(restore_error);
-        let made = (created_or_not_yet.made, deleted.made);
+            .and_then(|next| take_back_missed_writes(job, next, &deleted, &created));
+        let pod_write_error = deleted.error.or(created.error).or(restore_error);
+        let made = (created.made, deleted.made);
         let rest = self
             .write_the_rest(job, &job_ref, &pods_api, plan, made)
             .await;
