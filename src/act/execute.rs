@@ -119,6 +119,17 @@ pub struct Applied {
     pub pod_write_error: Option<ExecuteError>,
 }
 
+impl Applied {
+    /// A step taken before any status write or pod write of this part of the plan.
+    fn only(step: Step) -> Self {
+        Applied {
+            step,
+            status_written_at: None,
+            pod_write_error: None,
+        }
+    }
+}
+
 /// What the creates or the deletes of one plan came to.
 #[derive(Debug, Default)]
 struct PodWrites {
@@ -179,10 +190,9 @@ impl Executor<'_> {
             .write_the_rest(job, &job_ref, &pods_api, plan, made)
             .await;
         match (rest, pod_write_error) {
-            (Ok((step, status_written_at, late_create_error)), pod_write_error) => Ok(Applied {
-                step,
-                status_written_at,
-                pod_write_error: pod_write_error.or(late_create_error),
+            (Ok(rest), pod_write_error) => Ok(Applied {
+                pod_write_error: pod_write_error.or(rest.pod_write_error),
+                ..rest
             }),
             (Err(later), None) => Err(later),
             // The first failure is the one to report (a refused create is why the Job
@@ -198,8 +208,8 @@ impl Executor<'_> {
     /// Adoption and release, the status write, the finalizer removals and the report: the
     /// part of [`Self::apply`] after the pod writes (`made`: the creates and deletes made).
     /// The creates still in the plan are those that wait for the counting (see
-    /// [`Self::apply`]): made after the finalizer removals. Returns the step to take, when
-    /// the status was written (if it was) and the first failure of those late creates.
+    /// [`Self::apply`]): made after the finalizer removals; their first failure is the
+    /// returned `pod_write_error`.
     async fn write_the_rest(
         &self,
         job: &Arc<Job>,
@@ -207,14 +217,14 @@ impl Executor<'_> {
         pods_api: &Api<Pod>,
         mut plan: Plan,
         (created, deleted): (usize, usize),
-    ) -> Result<(Step, Option<Instant>, Option<ExecuteError>), ExecuteError> {
+    ) -> Result<Applied, ExecuteError> {
         let job_uid = job.uid().unwrap_or_default();
         if let Some(step) = self.adopt_and_release(job, pods_api, &plan).await? {
-            return Ok((step, None, None));
+            return Ok(Applied::only(step));
         }
         let written_at = match self.write_status(job, plan.status.take()).await? {
             ControlFlow::Continue(written) => written.then(Instant::now),
-            ControlFlow::Break(step) => return Ok((step, None, None)),
+            ControlFlow::Break(step) => return Ok(Applied::only(step)),
         };
         // Reached only when the status write (if any) succeeded: the uncounted lists now
         // hold every pod whose finalizer goes here.
@@ -234,11 +244,16 @@ impl Executor<'_> {
         self.report(job, job_ref, plan, &done);
         // After finalizers went, the next plan moves those pods from the uncounted lists
         // into the counters; do it now rather than wait for the watch.
-        if done.finalizers_removed > 0 || done.deleted > 0 {
-            Ok((Step::Again, written_at, late.error))
+        let step = if done.finalizers_removed > 0 || done.deleted > 0 {
+            Step::Again
         } else {
-            Ok((Step::Settled, written_at, late.error))
-        }
+            Step::Settled
+        };
+        Ok(Applied {
+            step,
+            status_written_at: written_at,
+            pod_write_error: late.error,
+        })
     }
 
     /// Writes `status` (if any) with the Job's resourceVersion, so a write based on a stale

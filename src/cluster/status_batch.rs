@@ -129,6 +129,12 @@ impl StatusBatcher {
         (delays, period_for(delays.total(), self.periods))
     }
 
+    /// Whether requests wait for tokens of the client's limit at `now` (the token part of
+    /// the delay above [`KEEPS_UP`]): then a sync counts finished pods before it creates.
+    pub fn tokens_short(&self, now: Instant) -> bool {
+        self.load.delays(now).token > KEEPS_UP
+    }
+
     /// None: write now. Some(wait): hold the write back and plan again after `wait`.
     pub fn hold(&self, job_uid: &str, urgency: Urgency, now: Instant) -> Option<Duration> {
         if urgency == Urgency::Now {
@@ -296,6 +302,20 @@ mod tests {
         assert_eq!(batcher.hold("a", Urgency::Counters, t0 + period), None);
         // Another Job is not held by this one's writes.
         assert_eq!(batcher.hold("b", Urgency::Counters, t1), None);
+    }
+
+    #[test]
+    fn tokens_are_short_while_requests_wait_for_them_and_not_after() {
+        let load = Arc::new(ApiLoad::default());
+        let batcher = StatusBatcher::new(ADAPTIVE, Duration::from_secs(1), load.clone());
+        let t0 = Instant::now();
+        assert!(!batcher.tokens_short(t0), "nothing measured");
+        // A slow answer alone is not a token shortage.
+        load.answered(Duration::from_millis(300), t0);
+        assert!(!batcher.tokens_short(t0));
+        load.token_waited(Duration::from_millis(300), t0);
+        assert!(batcher.tokens_short(t0));
+        assert!(!batcher.tokens_short(t0 + Duration::from_secs(5)));
     }
 
     #[test]

@@ -267,7 +267,7 @@ impl Context {
             expectations: &self.expectations,
             events: &self.events,
             metrics: &self.metrics,
-            tokens_short: self.batcher.load_at(Instant::now()).0.token > status_batch::KEEPS_UP,
+            tokens_short: self.batcher.tokens_short(Instant::now()),
         }
     }
 }
