@@ -217,8 +217,7 @@ pub fn controller(
         pods: ctx.pods.clone(),
         purge: purge_tx,
     };
-    let foreign = theirs.foreign.clone();
-    let ownership = (config.ownership.clone(), theirs);
+    let ownership = (config.ownership.clone(), theirs.clone());
     let to_cleanup = (deleted_tx, orphans_tx.clone());
     let job_config = config.watches.config();
     let job_events = watches::job_watch(
@@ -231,7 +230,7 @@ pub fn controller(
         pods_api,
         pod_config,
         (pod_writer, purge_rx),
-        (namespaces, foreign),
+        (namespaces, theirs),
         to_cleanup,
         &ctx,
     );

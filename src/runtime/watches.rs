@@ -65,6 +65,18 @@ impl TheirJobs {
             }
         }
     }
+
+    /// After a pod (re)list: purges the cached pods of every foreign Job. A Job first seen
+    /// while the pods were being listed found none of its pods to purge (the listed pods
+    /// reach the store only when the list ends), so they would otherwise stay cached until
+    /// their next change, which a pending pod of another controller may never have.
+    fn sweep(&self) {
+        for pod in self.pods.state() {
+            if self.foreign.control(&pod) {
+                self.purge.unbounded_send(Pod::clone(&pod)).ok();
+            }
+        }
+    }
 }
 
 /// The Job watch: our Jobs only, slimmed, into the Job store; other controllers' Jobs to
@@ -120,12 +132,13 @@ pub(super) fn pod_watch(
     api: Api<WatchedPod>,
     config: watcher::Config,
     (writer, purge): (Writer<Pod>, futures::channel::mpsc::UnboundedReceiver<Pod>),
-    (namespaces, foreign): (HashSet<String>, ForeignJobs),
+    (namespaces, theirs): (HashSet<String>, TheirJobs),
     (left, orphans): (mpsc::UnboundedSender<Arc<Pod>>, OrphanHints),
     ctx: &Context,
 ) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + use<> {
     let (index, expectations) = (ctx.pod_index.clone(), ctx.expectations.clone());
     let (pods, cached_pods) = (ctx.pods.clone(), ctx.metrics.cached_pods.clone());
+    let foreign = theirs.foreign.clone();
     let admitted = watcher(api, config)
         .inspect(|event| watch_expiry::log_if_expired("pods", event))
         .default_backoff()
@@ -142,8 +155,10 @@ pub(super) fn pod_watch(
                 index.apply(event);
                 cached_pods.set(pods.len() as i64);
             }
-            if let Ok(Event::Delete(pod)) = event {
-                expectations.pod_gone(pod);
+            match event {
+                Ok(Event::Delete(pod)) => expectations.pod_gone(pod),
+                Ok(Event::InitDone) => theirs.sweep(),
+                _ => {}
             }
             let hint = match event {
                 Ok(Event::InitDone) => Some(OrphanHint::Relisted),
@@ -350,6 +365,34 @@ mod tests {
         deleted.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
         assert_eq!(admit(Event::Delete(deleted)), Some("delete"));
         assert!(left_rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn foreign_pods_listed_before_their_job_was_seen_are_purged_when_the_list_ends() {
+        let (pods, mut writer) = kube::runtime::reflector::store::<Pod>();
+        let (purge, mut purged) = futures::channel::mpsc::unbounded();
+        let theirs = TheirJobs {
+            foreign: ForeignJobs::default(),
+            index: PodIndex::default(),
+            pods,
+            purge,
+        };
+        let mut list = |event: Event<Pod>| {
+            writer.apply_watcher_event(&event);
+            theirs.index.apply(&event);
+        };
+        list(Event::Init);
+        list(Event::InitApply(pod("a", "theirs")));
+        list(Event::InitApply(pod("a", "ours")));
+        // The Job watch files their Job mid-list: nothing of the list is in the store yet.
+        theirs.saw(&job("theirs"));
+        assert!(purged.try_recv().is_err());
+        list(Event::InitDone);
+        theirs.sweep();
+        let owner = |p: Pod| controller_of(&p).map(|o| o.uid.clone());
+        let first = purged.try_recv().ok().and_then(owner);
+        assert_eq!(first.as_deref(), Some("theirs"));
+        assert!(purged.try_recv().is_err(), "only their pod is purged");
     }
 
     #[test]
