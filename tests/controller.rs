@@ -695,6 +695,54 @@ async fn with_tokens_short_finished_pods_are_counted_before_their_successors_are
     env.assert_no_rejected_status().await;
 }
 
+/// With one worker and tokens short, a Job whose pod finished is counted ahead of other
+/// Jobs' older work: `b2` and `b3` were triggered before `done`'s pod finished, yet `done`
+/// completes while `b3` still has no pod. In trigger order, `b2` and `b3` would have made
+/// their first syncs (a create and a status write each) before `done` was counted.
+#[tokio::test]
+async fn with_tokens_short_counting_goes_before_other_jobs_older_work() {
+    let mut env = TestEnv::without_controller("count-lane").await;
+    let limit = [
+        "--kube-api-qps",
+        "0.5",
+        "--kube-api-burst",
+        "1",
+        "--concurrency",
+        "1",
+        "--status-batch-period",
+        "0s",
+        "--status-batch-period-max",
+        "0s",
+    ];
+    env.controller = Some(Controller::start(&env.ns, &limit));
+    env.create_job(&driven_job("done", Some(MANAGED_BY))).await;
+    let pod = env.wait_active("done", 1).await.remove(0);
+    env.wait_status("done", "active=1", |s| s.active == Some(1))
+        .await;
+    // The triggers of its first sync (its pod's creation, its status) served: what
+    // `done` is owed next comes from its pod finishing, after the others were created.
+    env.controller()
+        .wait_gauge("jobkeeper_queue_depth", 0.0)
+        .await;
+    for name in ["b1", "b2", "b3"] {
+        env.create_job(&driven_job(name, Some(MANAGED_BY))).await;
+    }
+    // b1's sync holds the only worker; b2 and b3 wait for it, triggered before this.
+    env.wait_active("b1", 1).await;
+    env.succeed(&pod).await;
+    env.wait_condition("done", "Complete").await;
+    assert!(
+        env.pods_of("b3").await.is_empty(),
+        "b3 got its pod before done was counted"
+    );
+    for name in ["b1", "b2", "b3"] {
+        let pod = env.wait_active(name, 1).await.remove(0);
+        env.succeed(&pod).await;
+        env.wait_condition(name, "Complete").await;
+    }
+    env.assert_no_rejected_status().await;
+}
+
 /// Before deleting an excess pod, jobkeeper removes its tracking finalizer at the
 /// resourceVersion its plan saw. A pod that finished since (here: succeeded) is refused
 /// with 409 Conflict and keeps its finalizer, so its outcome is counted by the next plan

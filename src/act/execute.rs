@@ -92,6 +92,10 @@ pub struct Executor<'a> {
     /// Requests wait for tokens of the client's limit: a plan that both counts finished
     /// pods and creates new ones counts first (see [`Executor::apply`]).
     pub tokens_short: bool,
+    /// Make no creates in a plan that counts: the sync counts finished pods ahead of other
+    /// work and leaves its creates to a later turn (the plan's status takes them back
+    /// meanwhile).
+    pub defer_creates: bool,
 }
 
 pub fn code_of(error: &kube::Error) -> Option<u16> {
@@ -117,6 +121,8 @@ pub struct Applied {
     /// are counted and lose their finalizer while, say, a quota rejects every create; the
     /// caller retries the Job with backoff.
     pub pod_write_error: Option<ExecuteError>,
+    /// The plan's creates were left for a later sync ([`Executor::defer_creates`]).
+    pub creates_deferred: bool,
 }
 
 impl Applied {
@@ -126,6 +132,7 @@ impl Applied {
             step,
             status_written_at: None,
             pod_write_error: None,
+            creates_deferred: false,
         }
     }
 }
@@ -145,7 +152,8 @@ struct PodWrites {
 impl Executor<'_> {
     /// Applies `plan`, computed from `job` and `pods`, in the order the planner assumes:
     /// deletes, creates, adoption, status, finalizer removals; then tells of it. While
-    /// tokens are short, a plan that counts finished pods makes its creates last.
+    /// tokens are short, a plan that counts finished pods makes its creates last, and a
+    /// sync told to defer its creates makes none.
     pub async fn apply(
         &self,
         job: &Arc<Job>,
@@ -164,8 +172,10 @@ impl Executor<'_> {
         // makes the pods that finished wait for the creates of their successors: then the
         // status write and the finalizer removals go first, the status records the pods
         // that exist (the next write adds the new ones), and the creates follow.
-        let count_first =
-            self.tokens_short && !plan.create.is_empty() && !plan.remove_finalizers.is_empty();
+        let counts = plan.status.is_some() || !plan.remove_finalizers.is_empty();
+        let deferred = self.defer_creates && counts && !plan.create.is_empty();
+        let count_first = deferred
+            || (self.tokens_short && !plan.create.is_empty() && !plan.remove_finalizers.is_empty());
         let created = if count_first {
             // Made by write_the_rest after the count; none of them exists for the status.
             PodWrites {
@@ -186,12 +196,16 @@ impl Executor<'_> {
             .and_then(|next| take_back_missed_writes(job, next, &deleted, &created));
         let pod_write_error = deleted.error.or(created.error).or(restore_error);
         let made = (created.made, deleted.made);
+        if deferred {
+            plan.create.clear();
+        }
         let rest = self
             .write_the_rest(job, &job_ref, &pods_api, plan, made)
             .await;
         match (rest, pod_write_error) {
             (Ok(rest), pod_write_error) => Ok(Applied {
                 pod_write_error: pod_write_error.or(rest.pod_write_error),
+                creates_deferred: deferred,
                 ..rest
             }),
             (Err(later), None) => Err(later),
@@ -253,6 +267,7 @@ impl Executor<'_> {
             step,
             status_written_at: written_at,
             pod_write_error: late.error,
+            creates_deferred: false,
         })
     }
 

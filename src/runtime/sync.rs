@@ -13,6 +13,7 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::{debug, info, warn};
 
 use super::Context;
+use super::workers::{Lane, Owed};
 use crate::act::execute::{self, ExecuteError, Executor, Step};
 use crate::act::load::ApiLoad;
 use crate::cluster::pod_index::pods_of;
@@ -32,13 +33,21 @@ const PLANNING_PACE: u32 = 3;
 const MIN_PACING_PAUSE: Duration = Duration::from_millis(1);
 
 /// Jobs triggered by a watch event whose sync has not started yet, with when they were
-/// first triggered: the controller's queue, deduplicated as it is, for the `queue_depth`
-/// gauge, the queue part of the [`ApiLoad`] and the workers' order.
+/// first triggered (and first told a pod finished): the controller's queue, deduplicated
+/// as it is, for the `queue_depth` gauge, the queue part of the [`ApiLoad`] and the
+/// workers' order.
 #[derive(Clone)]
 pub struct Pending {
-    keys: Arc<Mutex<HashMap<ObjectRef<Job>, Instant>>>,
+    keys: Arc<Mutex<HashMap<ObjectRef<Job>, Triggered>>>,
     gauge: prometheus_client::metrics::gauge::Gauge,
     load: Arc<ApiLoad>,
+}
+
+#[derive(Clone, Copy)]
+struct Triggered {
+    first: Instant,
+    /// The first trigger by a pod that finished and is not counted yet.
+    count: Option<Instant>,
 }
 
 impl Pending {
@@ -50,17 +59,43 @@ impl Pending {
         }
     }
 
-    /// Since when the Job has been owed a sync: its first trigger not yet served, even if
-    /// it came while the Job's previous sync ran (kube-runtime holds it back until then);
-    /// else now (a requeue after a wait of the sync's own choosing).
-    fn owed_since(&self, key: &ObjectRef<Job>) -> Instant {
+    /// What the Job is owed, since when: its first trigger not yet served, even if it came
+    /// while the Job's previous sync ran (kube-runtime holds it back until then), in the
+    /// count lane from the first pod that finished; else other work owed from now (a
+    /// requeue after a wait of the sync's own choosing).
+    fn owed(&self, key: &ObjectRef<Job>) -> Owed {
         let triggered = self.keys.lock().expect("pending lock").get(key).copied();
-        triggered.unwrap_or_else(Instant::now)
+        match triggered {
+            Some(Triggered {
+                count: Some(since), ..
+            }) => Owed {
+                lane: Lane::Count,
+                since,
+            },
+            Some(Triggered { first, .. }) => Owed::other(first),
+            None => Owed::other(Instant::now()),
+        }
     }
 
     pub(super) fn add(&self, key: ObjectRef<Job>) {
+        self.trigger(key, false);
+    }
+
+    /// A pod of the Job finished and still holds its tracking finalizer.
+    pub(super) fn add_count(&self, key: ObjectRef<Job>) {
+        self.trigger(key, true);
+    }
+
+    fn trigger(&self, key: ObjectRef<Job>, count: bool) {
+        let now = Instant::now();
         let mut keys = self.keys.lock().expect("pending lock");
-        keys.entry(key).or_insert_with(Instant::now);
+        let triggered = keys.entry(key).or_insert(Triggered {
+            first: now,
+            count: None,
+        });
+        if count {
+            triggered.count.get_or_insert(now);
+        }
         self.gauge.set(keys.len() as i64);
     }
 
@@ -72,7 +107,7 @@ impl Pending {
         if let Some(triggered) = triggered {
             let now = Instant::now();
             self.load
-                .queued(now.saturating_duration_since(triggered), now);
+                .queued(now.saturating_duration_since(triggered.first), now);
         }
     }
 }
@@ -116,21 +151,25 @@ pub(super) async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action
     // Our turn, after the work owed longer. None: the controller is stopping; the Job's
     // trigger is the next leader's (it syncs every Job when it starts).
     let job_ref = ObjectRef::from_obj(&*job);
-    let owed_since = ctx.pending.owed_since(&job_ref);
-    let Some(_worker) = ctx.workers.turn(owed_since).await else {
+    let owed = ctx.pending.owed(&job_ref);
+    let Some(_worker) = ctx.workers.turn(owed).await else {
         return Ok(Action::await_change());
     };
     ctx.pending.started(&job_ref);
     // The sync's future is large (every request it may make, inline): boxed only once the
     // Job has a worker, so the Jobs waiting for one cost a few hundred bytes each.
-    Box::pin(run(job, ctx, uid)).await
+    Box::pin(run(job, ctx, (uid, owed.lane))).await
 }
 
 /// The sync proper, with its pacing and metrics.
-async fn run(job: Arc<Job>, ctx: Arc<Context>, uid: String) -> Result<Action, SyncError> {
+async fn run(
+    job: Arc<Job>,
+    ctx: Arc<Context>,
+    (uid, lane): (String, Lane),
+) -> Result<Action, SyncError> {
     let started = Instant::now();
     let mut planning = Duration::ZERO;
-    let result = sync(job.clone(), &ctx, &mut planning).await;
+    let result = sync(job.clone(), &ctx, lane, &mut planning).await;
     let pause = planning * PLANNING_PACE;
     let mut pacing = ctx.not_before.lock().expect("pacing lock");
     if pause >= MIN_PACING_PAUSE {
@@ -159,7 +198,12 @@ async fn run(job: Arc<Job>, ctx: Arc<Context>, uid: String) -> Result<Action, Sy
 
 /// Adds the time spent reading caches and planning (not waiting on the apiserver) to
 /// `planning`.
-async fn sync(job: Arc<Job>, ctx: &Context, planning: &mut Duration) -> Result<Action, SyncError> {
+async fn sync(
+    job: Arc<Job>,
+    ctx: &Context,
+    lane: Lane,
+    planning: &mut Duration,
+) -> Result<Action, SyncError> {
     let job_ref = ObjectRef::from_obj(&*job);
     // A manualSelector Job's pods are in a watch of its own; never plan before it listed.
     let Ok(selected) = ctx.selector_watches.pods_store(&job).await else {
@@ -167,7 +211,12 @@ async fn sync(job: Arc<Job>, ctx: &Context, planning: &mut Duration) -> Result<A
         return Ok(Action::requeue(Duration::from_millis(500)));
     };
     let mut fresh: Option<Arc<Job>> = None;
-    let turn_at = Instant::now();
+    let owed = Owed {
+        lane,
+        since: Instant::now(),
+    };
+    // While tokens are short, a sync that counts ahead of other work makes no creates.
+    let mut deferred_creates = false;
     for step_number in 0..MAX_STEPS_PER_SYNC {
         let planning_started = Instant::now();
         let cached = match fresh.take().or_else(|| ctx.jobs.get(&job_ref)) {
@@ -206,7 +255,11 @@ async fn sync(job: Arc<Job>, ctx: &Context, planning: &mut Duration) -> Result<A
             return Ok(action_for(requeue));
         }
         let finishes = plan.outcome.finished.is_some();
-        let applied = ctx.executor().apply(&view.job, &view.pods, plan).await?;
+        let applied = ctx
+            .executor(lane)
+            .apply(&view.job, &view.pods, plan)
+            .await?;
+        deferred_creates |= applied.creates_deferred;
         let step = applied.step;
         // The batch period runs from the write, not from the end of the finalizer
         // removals after it: when tokens are short those can outlast the period, and the
@@ -228,12 +281,17 @@ async fn sync(job: Arc<Job>, ctx: &Context, planning: &mut Duration) -> Result<A
             });
         }
         match step {
+            // The creates left for later: in the other lane, behind the work owed before.
+            Step::Settled if deferred_creates => break,
             Step::Settled => return Ok(action_for(requeue)),
             // The step after finalizer removals counts those pods; past it, a Job whose
-            // pods keep finishing yields its worker to syncs waiting since before it began.
+            // pods keep finishing yields its worker to syncs more urgent than its own.
             Step::Again
                 if step_number >= 1
-                    && ctx.workers.oldest_waiting().is_some_and(|at| at < turn_at) =>
+                    && ctx
+                        .workers
+                        .first_waiting()
+                        .is_some_and(|first| first < owed) =>
             {
                 break;
             }
@@ -260,14 +318,16 @@ impl Context {
         records.insert(uid.to_string(), record);
     }
 
-    fn executor(&self) -> Executor<'_> {
+    fn executor(&self, lane: Lane) -> Executor<'_> {
+        let tokens_short = self.batcher.tokens_short(Instant::now());
         Executor {
             client: &self.client,
             create_budget: &self.create_budget,
             expectations: &self.expectations,
             events: &self.events,
             metrics: &self.metrics,
-            tokens_short: self.batcher.tokens_short(Instant::now()),
+            tokens_short,
+            defer_creates: tokens_short && lane == Lane::Count,
         }
     }
 }
@@ -336,14 +396,36 @@ mod tests {
         let pending = Pending::new(Default::default(), Arc::new(ApiLoad::default()));
         let job = ObjectRef::<Job>::new("j").within("ns");
         pending.add(job.clone());
-        let first = pending.owed_since(&job);
+        let first = pending.owed(&job);
+        assert_eq!(first.lane, Lane::Other);
         std::thread::sleep(Duration::from_millis(2));
         // Triggered again before its sync started: still one place, the first.
         pending.add(job.clone());
-        assert_eq!(pending.owed_since(&job), first);
+        assert_eq!(pending.owed(&job), first);
         pending.started(&job);
         // Served: a sync without a trigger (a requeue) waits from now.
-        assert!(pending.owed_since(&job) > first);
+        assert!(pending.owed(&job) > first);
+    }
+
+    #[test]
+    fn a_finished_pod_moves_its_job_to_the_count_lane_from_that_trigger() {
+        let pending = Pending::new(Default::default(), Arc::new(ApiLoad::default()));
+        let job = ObjectRef::<Job>::new("j").within("ns");
+        pending.add(job.clone());
+        std::thread::sleep(Duration::from_millis(2));
+        pending.add_count(job.clone());
+        let owed = pending.owed(&job);
+        assert_eq!(owed.lane, Lane::Count);
+        std::thread::sleep(Duration::from_millis(2));
+        pending.add_count(job.clone());
+        pending.add(job.clone());
+        assert_eq!(
+            pending.owed(&job),
+            owed,
+            "the first count trigger keeps its place"
+        );
+        pending.started(&job);
+        assert_eq!(pending.owed(&job).lane, Lane::Other);
     }
 
     /// The size of the future `f` returns, without calling it.

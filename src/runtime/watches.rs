@@ -24,6 +24,7 @@ use crate::cluster::lenient::{Lenient, unwrap_event};
 use crate::cluster::pod_decode::{WatchedPod, unwrap_watched};
 use crate::cluster::pod_index::{PodIndex, controller_of, selector_of};
 use crate::cluster::watch_expiry;
+use crate::plan::pods::{has_tracking_finalizer, is_finished};
 
 /// The APIs the Job and pod watches list.
 pub(super) fn apis(
@@ -210,16 +211,21 @@ fn admit(
 }
 
 /// The pod watch's mapper: the Jobs a pod event wakes, those in our cache counted as
-/// pending.
+/// pending (in the count lane when the pod finished and is still to be counted).
 pub(super) fn jobs_to_wake(
     jobs: Store<Job>,
     pending: Pending,
 ) -> impl Fn(Pod) -> Vec<ObjectRef<Job>> + Send + Sync + 'static {
     move |pod| {
         let wake = jobs_for_pod(&jobs, &pod);
+        let to_count = is_finished(&pod) && has_tracking_finalizer(&pod);
         // Only Jobs in our cache get synced; others never leave the queue.
         for job in wake.iter().filter(|j| jobs.get(j).is_some()) {
-            pending.add(job.clone());
+            if to_count {
+                pending.add_count(job.clone());
+            } else {
+                pending.add(job.clone());
+            }
         }
         wake
     }

@@ -15,6 +15,10 @@
 //! its first trigger not yet served. A Job triggered while its previous sync ran reaches
 //! the workers only when that sync ends (kube-runtime holds the trigger back meanwhile),
 //! and keeps the place of its trigger among the Jobs triggered after it.
+//!
+//! Work that counts finished pods goes before other work ([`Lane`]): under a saturated
+//! client limit, a round of every Job's syncs takes a minute and more, and a pod that
+//! finished early in it would otherwise wait for the whole round to be counted.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +26,32 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{oneshot, watch};
 
-/// The workers' turns, handed out oldest key first (equal keys in the order asked).
+/// What a waiting sync owes, most urgent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Lane {
+    /// A pod of the Job finished and waits to be counted.
+    Count,
+    /// Anything else: a new or changed Job, pods to create, a requeue.
+    Other,
+}
+
+/// A waiting sync's place: its lane, then how long its work has been owed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Owed {
+    pub lane: Lane,
+    pub since: Instant,
+}
+
+impl Owed {
+    pub fn other(since: Instant) -> Self {
+        Owed {
+            lane: Lane::Other,
+            since,
+        }
+    }
+}
+
+/// The workers' turns, handed out most urgent key first (equal keys in the order asked).
 pub struct Workers {
     shared: Arc<Shared>,
     stopping: watch::Receiver<bool>,
@@ -35,7 +64,7 @@ struct Shared {
 struct State {
     free: usize,
     /// By (key, order asked): where to send the turn.
-    waiting: BTreeMap<(Instant, u64), oneshot::Sender<Turn>>,
+    waiting: BTreeMap<(Owed, u64), oneshot::Sender<Turn>>,
     asked: u64,
 }
 
@@ -103,8 +132,8 @@ impl Workers {
         (Workers { shared, stopping }, stop)
     }
 
-    /// The key of the oldest sync still waiting for a worker, if any.
-    pub fn oldest_waiting(&self) -> Option<Instant> {
+    /// The key of the most urgent sync still waiting for a worker, if any.
+    pub fn first_waiting(&self) -> Option<Owed> {
         let state = self.shared.state();
         state
             .waiting
@@ -113,9 +142,9 @@ impl Workers {
             .map(|((key, _), _)| *key)
     }
 
-    /// A worker for work owed since `key`; None once the controller stops. If the waiting
+    /// A worker for the work `key` says; None once the controller stops. If the waiting
     /// future is dropped, a turn sent to it meanwhile goes on to the next waiter.
-    pub async fn turn(&self, key: Instant) -> Option<Turn> {
+    pub async fn turn(&self, key: Owed) -> Option<Turn> {
         let waiting = {
             let mut state = self.shared.state();
             if *self.stopping.borrow() {
@@ -185,7 +214,7 @@ mod tests {
                     let _turn = if *limit {
                         None
                     } else {
-                        workers.turn(Instant::now()).await
+                        workers.turn(Owed::other(Instant::now())).await
                     };
                     let name = job.metadata.name.clone().unwrap_or_default();
                     served
@@ -238,14 +267,17 @@ mod tests {
     #[tokio::test]
     async fn a_sync_waiting_for_a_worker_ends_when_the_controller_stops() {
         let (workers, stop) = Workers::new(1);
-        let held = workers.turn(Instant::now()).await.expect("a free worker");
-        let waiting = workers.turn(Instant::now());
+        let held = workers
+            .turn(Owed::other(Instant::now()))
+            .await
+            .expect("a free worker");
+        let waiting = workers.turn(Owed::other(Instant::now()));
         tokio::pin!(waiting);
         assert!(futures::poll!(waiting.as_mut()).is_pending());
         stop.send(true).unwrap();
         assert!(waiting.await.is_none());
         drop(held);
-        let again = workers.turn(Instant::now()).await;
+        let again = workers.turn(Owed::other(Instant::now())).await;
         assert!(again.is_none(), "no turns once stopped");
     }
 
@@ -254,7 +286,10 @@ mod tests {
     async fn served(keys: &[Duration], give_up: Option<usize>) -> Vec<usize> {
         let (workers, _stop) = Workers::new(1);
         let base = Instant::now();
-        let held = workers.turn(base).await.expect("a free worker");
+        let held = workers
+            .turn(Owed::other(base))
+            .await
+            .expect("a free worker");
         let served = Mutex::new(Vec::new());
         let mut waiters: Vec<_> = keys
             .iter()
@@ -262,7 +297,7 @@ mod tests {
             .map(|(i, key)| {
                 let (workers, served) = (&workers, &served);
                 Box::pin(async move {
-                    let turn = workers.turn(base + *key).await;
+                    let turn = workers.turn(Owed::other(base + *key)).await;
                     served.lock().unwrap().push(i);
                     drop(turn);
                 })
@@ -300,18 +335,63 @@ mod tests {
         let ms = Duration::from_millis;
         let (workers, _stop) = Workers::new(1);
         let base = Instant::now();
-        assert_eq!(workers.oldest_waiting(), None, "nobody waits");
-        let held = workers.turn(base).await.expect("a free worker");
-        assert_eq!(workers.oldest_waiting(), None, "the worker was free");
-        let mut older = Box::pin(workers.turn(base + ms(1)));
-        let mut younger = Box::pin(workers.turn(base + ms(2)));
+        assert_eq!(workers.first_waiting(), None, "nobody waits");
+        let held = workers
+            .turn(Owed::other(base))
+            .await
+            .expect("a free worker");
+        assert_eq!(workers.first_waiting(), None, "the worker was free");
+        let mut older = Box::pin(workers.turn(Owed::other(base + ms(1))));
+        let mut younger = Box::pin(workers.turn(Owed::other(base + ms(2))));
         assert!(futures::poll!(older.as_mut()).is_pending());
         assert!(futures::poll!(younger.as_mut()).is_pending());
-        assert_eq!(workers.oldest_waiting(), Some(base + ms(1)));
+        assert_eq!(workers.first_waiting(), Some(Owed::other(base + ms(1))));
         drop(older);
-        assert_eq!(workers.oldest_waiting(), Some(base + ms(2)));
+        assert_eq!(workers.first_waiting(), Some(Owed::other(base + ms(2))));
         drop(held);
         assert!(younger.await.is_some());
-        assert_eq!(workers.oldest_waiting(), None);
+        assert_eq!(workers.first_waiting(), None);
+    }
+
+    #[tokio::test]
+    async fn counting_goes_before_older_work_of_other_kinds() {
+        let (workers, _stop) = Workers::new(1);
+        let base = Instant::now();
+        let ms = Duration::from_millis;
+        let held = workers
+            .turn(Owed::other(base))
+            .await
+            .expect("a free worker");
+        let served = Mutex::new(Vec::new());
+        let keys = [
+            Owed::other(base + ms(1)),
+            Owed {
+                lane: Lane::Count,
+                since: base + ms(3),
+            },
+            Owed {
+                lane: Lane::Count,
+                since: base + ms(2),
+            },
+        ];
+        let mut waiters: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let (workers, served) = (&workers, &served);
+                Box::pin(async move {
+                    let turn = workers.turn(*key).await;
+                    served.lock().unwrap().push(i);
+                    drop(turn);
+                })
+            })
+            .collect();
+        for waiter in &mut waiters {
+            assert!(futures::poll!(waiter.as_mut()).is_pending());
+        }
+        assert_eq!(workers.first_waiting(), Some(keys[2]));
+        drop(held);
+        futures::future::join_all(waiters).await;
+        assert_eq!(served.into_inner().unwrap(), [2, 1, 0]);
     }
 }
