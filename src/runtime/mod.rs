@@ -272,7 +272,11 @@ fn context(
         backoff: Mutex::default(),
         errors: Mutex::default(),
         events,
-        pending: Pending::new(metrics.queue_depth.clone(), config.load.clone()),
+        pending: Pending::new(
+            metrics.queue_depth.clone(),
+            config.load.clone(),
+            workers.clone(),
+        ),
         metrics,
         caches,
         batcher: Arc::new(StatusBatcher::new(

@@ -13,7 +13,7 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::{debug, info, warn};
 
 use super::Context;
-use super::workers::{Lane, Owed};
+use super::workers::{Lane, Owed, Workers};
 use crate::act::execute::{self, ExecuteError, Executor, Step};
 use crate::act::load::ApiLoad;
 use crate::cluster::pod_index::pods_of;
@@ -39,8 +39,15 @@ const MIN_PACING_PAUSE: Duration = Duration::from_millis(1);
 #[derive(Clone)]
 pub struct Pending {
     keys: Arc<Mutex<HashMap<ObjectRef<Job>, Triggered>>>,
+    /// Jobs whose last sync ended with finished pods still to count (a held status
+    /// write, a sync that yielded its worker between two counting steps), since when:
+    /// their requeue comes back in the count lane. Not in the queue: a timer holds them.
+    counts_left: Arc<Mutex<HashMap<ObjectRef<Job>, Instant>>>,
     gauge: prometheus_client::metrics::gauge::Gauge,
     load: Arc<ApiLoad>,
+    /// A sync already waiting for a worker when its Job's pod finishes moves up to the
+    /// count lane there (kube-runtime holds the new trigger back until that sync ends).
+    workers: Workers,
 }
 
 #[derive(Clone, Copy)]
@@ -51,30 +58,52 @@ struct Triggered {
 }
 
 impl Pending {
-    pub(super) fn new(gauge: prometheus_client::metrics::gauge::Gauge, load: Arc<ApiLoad>) -> Self {
+    pub(super) fn new(
+        gauge: prometheus_client::metrics::gauge::Gauge,
+        load: Arc<ApiLoad>,
+        workers: Workers,
+    ) -> Self {
         Pending {
             keys: Arc::default(),
+            counts_left: Arc::default(),
             gauge,
             load,
+            workers,
         }
     }
 
     /// What the Job is owed, since when: its first trigger not yet served, even if it came
     /// while the Job's previous sync ran (kube-runtime holds it back until then), in the
     /// count lane from the first pod that finished; else other work owed from now (a
-    /// requeue after a wait of the sync's own choosing).
+    /// requeue after a wait of the sync's own choosing), in the count lane if its last sync
+    /// left pods to count.
     fn owed(&self, key: &ObjectRef<Job>) -> Owed {
         let triggered = self.keys.lock().expect("pending lock").get(key).copied();
-        match triggered {
-            Some(Triggered {
-                count: Some(since), ..
-            }) => Owed {
+        let left = self
+            .counts_left
+            .lock()
+            .expect("pending lock")
+            .get(key)
+            .copied();
+        let count = triggered
+            .and_then(|t| t.count)
+            .into_iter()
+            .chain(left)
+            .min();
+        match (count, triggered) {
+            (Some(since), _) => Owed {
                 lane: Lane::Count,
                 since,
             },
-            Some(Triggered { first, .. }) => Owed::other(first),
-            None => Owed::other(Instant::now()),
+            (None, Some(Triggered { first, .. })) => Owed::other(first),
+            (None, None) => Owed::other(Instant::now()),
         }
+    }
+
+    /// The Job's sync ends with finished pods still to count, owed since `since`.
+    fn count_left(&self, key: ObjectRef<Job>, since: Instant) {
+        let mut left = self.counts_left.lock().expect("pending lock");
+        left.entry(key).or_insert(since);
     }
 
     pub(super) fn add(&self, key: ObjectRef<Job>) {
@@ -89,17 +118,24 @@ impl Pending {
     fn trigger(&self, key: ObjectRef<Job>, count: bool) {
         let now = Instant::now();
         let mut keys = self.keys.lock().expect("pending lock");
-        let triggered = keys.entry(key).or_insert(Triggered {
+        let triggered = keys.entry(key.clone()).or_insert(Triggered {
             first: now,
             count: None,
         });
-        if count {
-            triggered.count.get_or_insert(now);
-        }
+        let count_since = count.then(|| *triggered.count.get_or_insert(now));
         self.gauge.set(keys.len() as i64);
+        drop(keys);
+        if let Some(since) = count_since {
+            let owed = Owed {
+                lane: Lane::Count,
+                since,
+            };
+            self.workers.promote(&key, owed);
+        }
     }
 
     fn started(&self, key: &ObjectRef<Job>) {
+        self.counts_left.lock().expect("pending lock").remove(key);
         let mut keys = self.keys.lock().expect("pending lock");
         let triggered = keys.remove(key);
         self.gauge.set(keys.len() as i64);
@@ -152,7 +188,7 @@ pub(super) async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action
     // trigger is the next leader's (it syncs every Job when it starts).
     let job_ref = ObjectRef::from_obj(&*job);
     let owed = ctx.pending.owed(&job_ref);
-    let Some(_worker) = ctx.workers.turn(owed).await else {
+    let Some(_worker) = ctx.workers.turn(&job_ref, owed).await else {
         return Ok(Action::await_change());
     };
     ctx.pending.started(&job_ref);
@@ -251,6 +287,9 @@ async fn sync(
         if plan.status.is_none() && !held {
             ctx.keep_backoff(&uid, plan.backoff.clone());
         }
+        if held {
+            ctx.pending.count_left(job_ref.clone(), owed.since);
+        }
         if plan.is_noop() {
             return Ok(action_for(requeue));
         }
@@ -293,7 +332,11 @@ async fn sync(
                         .first_waiting()
                         .is_some_and(|first| first < owed) =>
             {
+                ctx.pending.count_left(job_ref.clone(), owed.since);
                 break;
+            }
+            Step::Again if step_number + 1 == MAX_STEPS_PER_SYNC => {
+                ctx.pending.count_left(job_ref.clone(), owed.since);
             }
             Step::Again => {}
             Step::Conflict(None) => return Ok(Action::await_change()),
@@ -393,7 +436,11 @@ mod tests {
 
     #[test]
     fn a_job_waits_from_its_first_trigger_not_yet_served() {
-        let pending = Pending::new(Default::default(), Arc::new(ApiLoad::default()));
+        let pending = Pending::new(
+            Default::default(),
+            Arc::new(ApiLoad::default()),
+            Workers::new(1).0,
+        );
         let job = ObjectRef::<Job>::new("j").within("ns");
         pending.add(job.clone());
         let first = pending.owed(&job);
@@ -409,7 +456,11 @@ mod tests {
 
     #[test]
     fn a_finished_pod_moves_its_job_to_the_count_lane_from_that_trigger() {
-        let pending = Pending::new(Default::default(), Arc::new(ApiLoad::default()));
+        let pending = Pending::new(
+            Default::default(),
+            Arc::new(ApiLoad::default()),
+            Workers::new(1).0,
+        );
         let job = ObjectRef::<Job>::new("j").within("ns");
         pending.add(job.clone());
         std::thread::sleep(Duration::from_millis(2));
@@ -423,6 +474,18 @@ mod tests {
             pending.owed(&job),
             owed,
             "the first count trigger keeps its place"
+        );
+        pending.started(&job);
+        assert_eq!(pending.owed(&job).lane, Lane::Other);
+        // A sync that left pods to count: its requeue is in the count lane, once.
+        let left_at = Instant::now();
+        pending.count_left(job.clone(), left_at);
+        assert_eq!(
+            pending.owed(&job),
+            Owed {
+                lane: Lane::Count,
+                since: left_at
+            }
         );
         pending.started(&job);
         assert_eq!(pending.owed(&job).lane, Lane::Other);

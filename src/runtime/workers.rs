@@ -20,10 +20,12 @@
 //! client limit, a round of every Job's syncs takes a minute and more, and a pod that
 //! finished early in it would otherwise wait for the whole round to be counted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-
 use std::time::Instant;
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{oneshot, watch};
 
 /// What a waiting sync owes, most urgent first.
@@ -52,6 +54,7 @@ impl Owed {
 }
 
 /// The workers' turns, handed out most urgent key first (equal keys in the order asked).
+#[derive(Clone)]
 pub struct Workers {
     shared: Arc<Shared>,
     stopping: watch::Receiver<bool>,
@@ -63,9 +66,21 @@ struct Shared {
 
 struct State {
     free: usize,
-    /// By (key, order asked): where to send the turn.
-    waiting: BTreeMap<(Owed, u64), oneshot::Sender<Turn>>,
+    /// By (key, order asked): whose sync waits, where to send the turn.
+    waiting: BTreeMap<(Owed, u64), (ObjectRef<Job>, oneshot::Sender<Turn>)>,
+    /// Each waiting Job's place in `waiting` (the latest, if a Job asked twice).
+    places: HashMap<ObjectRef<Job>, (Owed, u64)>,
     asked: u64,
+}
+
+impl State {
+    fn pop_first(&mut self) -> Option<oneshot::Sender<Turn>> {
+        let (place, (job, waiter)) = self.waiting.pop_first()?;
+        if self.places.get(&job) == Some(&place) {
+            self.places.remove(&job);
+        }
+        Some(waiter)
+    }
 }
 
 /// A worker, held until dropped; then the oldest waiter gets it.
@@ -92,13 +107,13 @@ impl Shared {
         loop {
             let next = {
                 let mut state = shared.state();
-                let next = state.waiting.pop_first();
+                let next = state.pop_first();
                 if next.is_none() {
                     state.free += 1;
                 }
                 next
             };
-            let Some((_, waiter)) = next else {
+            let Some(waiter) = next else {
                 return;
             };
             let turn = Turn {
@@ -124,6 +139,7 @@ impl Workers {
         let state = State {
             free: usize::from(count.max(1)),
             waiting: BTreeMap::new(),
+            places: HashMap::new(),
             asked: 0,
         };
         let shared = Arc::new(Shared {
@@ -138,13 +154,30 @@ impl Workers {
         state
             .waiting
             .iter()
-            .find(|(_, waiter)| !waiter.is_closed())
+            .find(|(_, (_, waiter))| !waiter.is_closed())
             .map(|((key, _), _)| *key)
     }
 
-    /// A worker for the work `key` says; None once the controller stops. If the waiting
-    /// future is dropped, a turn sent to it meanwhile goes on to the next waiter.
-    pub async fn turn(&self, key: Owed) -> Option<Turn> {
+    /// Moves `job`'s sync, if it waits for a worker, to `key` when that is more urgent
+    /// than its place: a pod that finished while the sync waited in the other lane.
+    pub fn promote(&self, job: &ObjectRef<Job>, key: Owed) {
+        let mut state = self.shared.state();
+        let Some(&(place, order)) = state.places.get(job) else {
+            return;
+        };
+        if key >= place {
+            return;
+        }
+        if let Some(waiter) = state.waiting.remove(&(place, order)) {
+            state.waiting.insert((key, order), waiter);
+            state.places.insert(job.clone(), (key, order));
+        }
+    }
+
+    /// A worker for `job`'s work, at the place `key` says; None once the controller stops.
+    /// If the waiting future is dropped, a turn sent to it meanwhile goes on to the next
+    /// waiter.
+    pub async fn turn(&self, job: &ObjectRef<Job>, key: Owed) -> Option<Turn> {
         let waiting = {
             let mut state = self.shared.state();
             if *self.stopping.borrow() {
@@ -159,7 +192,8 @@ impl Workers {
             let (tx, rx) = oneshot::channel();
             state.asked += 1;
             let order = state.asked;
-            state.waiting.insert((key, order), tx);
+            state.waiting.insert((key, order), (job.clone(), tx));
+            state.places.insert(job.clone(), (key, order));
             rx
         };
         let mut stopping = self.stopping.clone();
@@ -186,6 +220,10 @@ mod tests {
     use super::*;
 
     const JOBS: usize = 40;
+
+    fn job(i: usize) -> ObjectRef<Job> {
+        ObjectRef::new(&format!("job-{i}")).within("ns")
+    }
 
     /// `JOBS` Jobs triggered one after another while the first sync holds the only worker,
     /// through a kube-runtime controller run as the runtime runs it; the order their syncs
@@ -214,7 +252,8 @@ mod tests {
                     let _turn = if *limit {
                         None
                     } else {
-                        workers.turn(Owed::other(Instant::now())).await
+                        let key = ObjectRef::from_obj(&*job);
+                        workers.turn(&key, Owed::other(Instant::now())).await
                     };
                     let name = job.metadata.name.clone().unwrap_or_default();
                     served
@@ -268,16 +307,17 @@ mod tests {
     async fn a_sync_waiting_for_a_worker_ends_when_the_controller_stops() {
         let (workers, stop) = Workers::new(1);
         let held = workers
-            .turn(Owed::other(Instant::now()))
+            .turn(&job(0), Owed::other(Instant::now()))
             .await
             .expect("a free worker");
-        let waiting = workers.turn(Owed::other(Instant::now()));
+        let second = job(1);
+        let waiting = workers.turn(&second, Owed::other(Instant::now()));
         tokio::pin!(waiting);
         assert!(futures::poll!(waiting.as_mut()).is_pending());
         stop.send(true).unwrap();
         assert!(waiting.await.is_none());
         drop(held);
-        let again = workers.turn(Owed::other(Instant::now())).await;
+        let again = workers.turn(&job(2), Owed::other(Instant::now())).await;
         assert!(again.is_none(), "no turns once stopped");
     }
 
@@ -287,7 +327,7 @@ mod tests {
         let (workers, _stop) = Workers::new(1);
         let base = Instant::now();
         let held = workers
-            .turn(Owed::other(base))
+            .turn(&job(100), Owed::other(base))
             .await
             .expect("a free worker");
         let served = Mutex::new(Vec::new());
@@ -297,7 +337,7 @@ mod tests {
             .map(|(i, key)| {
                 let (workers, served) = (&workers, &served);
                 Box::pin(async move {
-                    let turn = workers.turn(Owed::other(base + *key)).await;
+                    let turn = workers.turn(&job(i), Owed::other(base + *key)).await;
                     served.lock().unwrap().push(i);
                     drop(turn);
                 })
@@ -337,12 +377,13 @@ mod tests {
         let base = Instant::now();
         assert_eq!(workers.first_waiting(), None, "nobody waits");
         let held = workers
-            .turn(Owed::other(base))
+            .turn(&job(100), Owed::other(base))
             .await
             .expect("a free worker");
         assert_eq!(workers.first_waiting(), None, "the worker was free");
-        let mut older = Box::pin(workers.turn(Owed::other(base + ms(1))));
-        let mut younger = Box::pin(workers.turn(Owed::other(base + ms(2))));
+        let (a, b) = (job(1), job(2));
+        let mut older = Box::pin(workers.turn(&a, Owed::other(base + ms(1))));
+        let mut younger = Box::pin(workers.turn(&b, Owed::other(base + ms(2))));
         assert!(futures::poll!(older.as_mut()).is_pending());
         assert!(futures::poll!(younger.as_mut()).is_pending());
         assert_eq!(workers.first_waiting(), Some(Owed::other(base + ms(1))));
@@ -359,7 +400,7 @@ mod tests {
         let base = Instant::now();
         let ms = Duration::from_millis;
         let held = workers
-            .turn(Owed::other(base))
+            .turn(&job(100), Owed::other(base))
             .await
             .expect("a free worker");
         let served = Mutex::new(Vec::new());
@@ -380,7 +421,7 @@ mod tests {
             .map(|(i, key)| {
                 let (workers, served) = (&workers, &served);
                 Box::pin(async move {
-                    let turn = workers.turn(*key).await;
+                    let turn = workers.turn(&job(i), *key).await;
                     served.lock().unwrap().push(i);
                     drop(turn);
                 })
@@ -393,5 +434,45 @@ mod tests {
         drop(held);
         futures::future::join_all(waiters).await;
         assert_eq!(served.into_inner().unwrap(), [2, 1, 0]);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_sync_whose_pod_finished_moves_to_the_count_lane() {
+        let (workers, _stop) = Workers::new(1);
+        let base = Instant::now();
+        let ms = Duration::from_millis;
+        let held = workers
+            .turn(&job(100), Owed::other(base))
+            .await
+            .expect("a free worker");
+        let served = Mutex::new(Vec::new());
+        let keys = [ms(1), ms(2)];
+        let mut waiters: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let (workers, served) = (&workers, &served);
+                Box::pin(async move {
+                    let turn = workers.turn(&job(i), Owed::other(base + *key)).await;
+                    served.lock().unwrap().push(i);
+                    drop(turn);
+                })
+            })
+            .collect();
+        for waiter in &mut waiters {
+            assert!(futures::poll!(waiter.as_mut()).is_pending());
+        }
+        let counting = Owed {
+            lane: Lane::Count,
+            since: base + ms(5),
+        };
+        workers.promote(&job(1), counting);
+        // A key no more urgent than the place held, or a Job not waiting: no change.
+        workers.promote(&job(0), Owed::other(base + ms(9)));
+        workers.promote(&job(7), counting);
+        assert_eq!(workers.first_waiting(), Some(counting));
+        drop(held);
+        futures::future::join_all(waiters).await;
+        assert_eq!(served.into_inner().unwrap(), [1, 0]);
     }
 }
