@@ -202,6 +202,9 @@ async fn release_pods_of_deleted_jobs(
 ) {
     let mut removals = FuturesUnordered::new();
     while let Some(job) = next_driving(&mut deleted, &mut removals).await {
+        // kube-runtime never syncs a Job no longer in the cache: its place in the queue
+        // would stay forever.
+        ctx.pending.forget(&ObjectRef::from_obj(&*job));
         let uid = job.uid().unwrap_or_default();
         let ns = job.namespace().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);

@@ -134,6 +134,14 @@ impl Pending {
         }
     }
 
+    /// The Job was deleted.
+    pub(super) fn forget(&self, key: &ObjectRef<Job>) {
+        self.counts_left.lock().expect("pending lock").remove(key);
+        let mut keys = self.keys.lock().expect("pending lock");
+        keys.remove(key);
+        self.gauge.set(keys.len() as i64);
+    }
+
     fn started(&self, key: &ObjectRef<Job>) {
         self.counts_left.lock().expect("pending lock").remove(key);
         let mut keys = self.keys.lock().expect("pending lock");
@@ -489,6 +497,12 @@ mod tests {
         );
         pending.started(&job);
         assert_eq!(pending.owed(&job).lane, Lane::Other);
+        // A deleted Job leaves the queue.
+        pending.add_count(job.clone());
+        pending.count_left(job.clone(), left_at);
+        pending.forget(&job);
+        assert!(pending.keys.lock().unwrap().is_empty());
+        assert!(pending.counts_left.lock().unwrap().is_empty());
     }
 
     /// The size of the future `f` returns, without calling it.
