@@ -637,23 +637,26 @@ async fn many_pods_complete_with_exact_counts_and_no_double_creates() {
     );
 }
 
+/// A client limit every sync waits for (a token each 2 s), with every status written at
+/// once, so that what waits for tokens shows in the writes' order.
+const TOKENS_SHORT: [&str; 8] = [
+    "--kube-api-qps",
+    "0.5",
+    "--kube-api-burst",
+    "1",
+    "--status-batch-period",
+    "0s",
+    "--status-batch-period-max",
+    "0s",
+];
+
 /// When requests wait for tokens of the client's limit, a sync that both counts finished
 /// pods and creates their successors counts first: the status that records the finished
 /// pods shows no successor active yet, and the successors come after it.
 #[tokio::test]
 async fn with_tokens_short_finished_pods_are_counted_before_their_successors_are_created() {
     let mut env = TestEnv::without_controller("count-first").await;
-    let limit = [
-        "--kube-api-qps",
-        "0.5",
-        "--kube-api-burst",
-        "1",
-        "--status-batch-period",
-        "0s",
-        "--status-batch-period-max",
-        "0s",
-    ];
-    env.controller = Some(Controller::start(&env.ns, &limit));
+    env.controller = Some(Controller::start(&env.ns, &TOKENS_SHORT));
     let mut job = driven_job("first", Some(MANAGED_BY));
     let spec = job.spec.as_mut().unwrap();
     (spec.parallelism, spec.completions) = (Some(2), Some(4));
@@ -702,19 +705,8 @@ async fn with_tokens_short_finished_pods_are_counted_before_their_successors_are
 #[tokio::test]
 async fn with_tokens_short_counting_goes_before_other_jobs_older_work() {
     let mut env = TestEnv::without_controller("count-lane").await;
-    let limit = [
-        "--kube-api-qps",
-        "0.5",
-        "--kube-api-burst",
-        "1",
-        "--concurrency",
-        "1",
-        "--status-batch-period",
-        "0s",
-        "--status-batch-period-max",
-        "0s",
-    ];
-    env.controller = Some(Controller::start(&env.ns, &limit));
+    let one_worker = [&TOKENS_SHORT[..], &["--concurrency", "1"]].concat();
+    env.controller = Some(Controller::start(&env.ns, &one_worker));
     env.create_job(&driven_job("done", Some(MANAGED_BY))).await;
     let pod = env.wait_active("done", 1).await.remove(0);
     env.wait_status("done", "active=1", |s| s.active == Some(1))

@@ -442,13 +442,14 @@ pub(super) fn error_policy(job: Arc<Job>, error: &SyncError, ctx: Arc<Context>) 
 mod tests {
     use super::*;
 
+    fn pending() -> Pending {
+        let load = Arc::new(ApiLoad::default());
+        Pending::new(Default::default(), load, Workers::new(1).0)
+    }
+
     #[test]
     fn a_job_waits_from_its_first_trigger_not_yet_served() {
-        let pending = Pending::new(
-            Default::default(),
-            Arc::new(ApiLoad::default()),
-            Workers::new(1).0,
-        );
+        let pending = pending();
         let job = ObjectRef::<Job>::new("j").within("ns");
         pending.add(job.clone());
         let first = pending.owed(&job);
@@ -464,11 +465,7 @@ mod tests {
 
     #[test]
     fn a_finished_pod_moves_its_job_to_the_count_lane_from_that_trigger() {
-        let pending = Pending::new(
-            Default::default(),
-            Arc::new(ApiLoad::default()),
-            Workers::new(1).0,
-        );
+        let pending = pending();
         let job = ObjectRef::<Job>::new("j").within("ns");
         pending.add(job.clone());
         std::thread::sleep(Duration::from_millis(2));

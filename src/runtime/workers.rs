@@ -321,9 +321,14 @@ mod tests {
         assert!(again.is_none(), "no turns once stopped");
     }
 
-    /// Waiters asking at `keys` (in this order) behind one held worker; the order they
-    /// got it in, as indexes into `keys`.
-    async fn served(keys: &[Duration], give_up: Option<usize>) -> Vec<usize> {
+    /// Waiters for jobs 0, 1, … asking at `keys` (in this order, relative to a base
+    /// instant) behind one held worker; `meanwhile` acts once all of them wait, then the
+    /// worker is released. The order they got it in, as indexes into `keys`.
+    async fn served_with(
+        keys: &[(Lane, Duration)],
+        give_up: Option<usize>,
+        meanwhile: impl FnOnce(&Workers, Instant),
+    ) -> Vec<usize> {
         let (workers, _stop) = Workers::new(1);
         let base = Instant::now();
         let held = workers
@@ -334,10 +339,14 @@ mod tests {
         let mut waiters: Vec<_> = keys
             .iter()
             .enumerate()
-            .map(|(i, key)| {
+            .map(|(i, (lane, after))| {
                 let (workers, served) = (&workers, &served);
+                let key = Owed {
+                    lane: *lane,
+                    since: base + *after,
+                };
                 Box::pin(async move {
-                    let turn = workers.turn(&job(i), Owed::other(base + *key)).await;
+                    let turn = workers.turn(&job(i), key).await;
                     served.lock().unwrap().push(i);
                     drop(turn);
                 })
@@ -349,9 +358,16 @@ mod tests {
         if let Some(quitter) = give_up {
             drop(waiters.remove(quitter));
         }
+        meanwhile(&workers, base);
         drop(held);
         futures::future::join_all(waiters).await;
         served.into_inner().unwrap()
+    }
+
+    /// [`served_with`] in the other lane, nothing done meanwhile.
+    async fn served(keys: &[Duration], give_up: Option<usize>) -> Vec<usize> {
+        let keys: Vec<_> = keys.iter().map(|k| (Lane::Other, *k)).collect();
+        served_with(&keys, give_up, |_, _| {}).await
     }
 
     #[tokio::test]
@@ -396,83 +412,34 @@ mod tests {
 
     #[tokio::test]
     async fn counting_goes_before_older_work_of_other_kinds() {
-        let (workers, _stop) = Workers::new(1);
-        let base = Instant::now();
         let ms = Duration::from_millis;
-        let held = workers
-            .turn(&job(100), Owed::other(base))
-            .await
-            .expect("a free worker");
-        let served = Mutex::new(Vec::new());
         let keys = [
-            Owed::other(base + ms(1)),
-            Owed {
-                lane: Lane::Count,
-                since: base + ms(3),
-            },
-            Owed {
-                lane: Lane::Count,
-                since: base + ms(2),
-            },
+            (Lane::Other, ms(1)),
+            (Lane::Count, ms(3)),
+            (Lane::Count, ms(2)),
         ];
-        let mut waiters: Vec<_> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, key)| {
-                let (workers, served) = (&workers, &served);
-                Box::pin(async move {
-                    let turn = workers.turn(&job(i), *key).await;
-                    served.lock().unwrap().push(i);
-                    drop(turn);
-                })
-            })
-            .collect();
-        for waiter in &mut waiters {
-            assert!(futures::poll!(waiter.as_mut()).is_pending());
-        }
-        assert_eq!(workers.first_waiting(), Some(keys[2]));
-        drop(held);
-        futures::future::join_all(waiters).await;
-        assert_eq!(served.into_inner().unwrap(), [2, 1, 0]);
+        let served = served_with(&keys, None, |workers, base| {
+            let first = workers.first_waiting().expect("waiters");
+            assert_eq!((first.lane, first.since), (Lane::Count, base + ms(2)));
+        });
+        assert_eq!(served.await, [2, 1, 0]);
     }
 
     #[tokio::test]
     async fn a_waiting_sync_whose_pod_finished_moves_to_the_count_lane() {
-        let (workers, _stop) = Workers::new(1);
-        let base = Instant::now();
         let ms = Duration::from_millis;
-        let held = workers
-            .turn(&job(100), Owed::other(base))
-            .await
-            .expect("a free worker");
-        let served = Mutex::new(Vec::new());
-        let keys = [ms(1), ms(2)];
-        let mut waiters: Vec<_> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, key)| {
-                let (workers, served) = (&workers, &served);
-                Box::pin(async move {
-                    let turn = workers.turn(&job(i), Owed::other(base + *key)).await;
-                    served.lock().unwrap().push(i);
-                    drop(turn);
-                })
-            })
-            .collect();
-        for waiter in &mut waiters {
-            assert!(futures::poll!(waiter.as_mut()).is_pending());
-        }
-        let counting = Owed {
-            lane: Lane::Count,
-            since: base + ms(5),
-        };
-        workers.promote(&job(1), counting);
-        // A key no more urgent than the place held, or a Job not waiting: no change.
-        workers.promote(&job(0), Owed::other(base + ms(9)));
-        workers.promote(&job(7), counting);
-        assert_eq!(workers.first_waiting(), Some(counting));
-        drop(held);
-        futures::future::join_all(waiters).await;
-        assert_eq!(served.into_inner().unwrap(), [1, 0]);
+        let keys = [(Lane::Other, ms(1)), (Lane::Other, ms(2))];
+        let served = served_with(&keys, None, |workers, base| {
+            let counting = Owed {
+                lane: Lane::Count,
+                since: base + ms(5),
+            };
+            workers.promote(&job(1), counting);
+            // A key no more urgent than the place held, or a Job not waiting: no change.
+            workers.promote(&job(0), Owed::other(base + ms(9)));
+            workers.promote(&job(7), counting);
+            assert_eq!(workers.first_waiting(), Some(counting));
+        });
+        assert_eq!(served.await, [1, 0]);
     }
 }
