@@ -177,9 +177,14 @@ impl Executor<'_> {
         let count_first = deferred
             || (self.tokens_short && !plan.create.is_empty() && !plan.remove_finalizers.is_empty());
         let created = if count_first {
-            // Made by write_the_rest after the count; none of them exists for the status.
+            // Made by write_the_rest after the count, or by a later sync when deferred;
+            // none of them exists for the status.
+            let missed = plan.create.len();
+            if deferred {
+                plan.create.clear();
+            }
             PodWrites {
-                missed: plan.create.len(),
+                missed,
                 ..PodWrites::default()
             }
         } else {
@@ -196,9 +201,6 @@ impl Executor<'_> {
             .and_then(|next| take_back_missed_writes(job, next, &deleted, &created));
         let pod_write_error = deleted.error.or(created.error).or(restore_error);
         let made = (created.made, deleted.made);
-        if deferred {
-            plan.create.clear();
-        }
         let rest = self
             .write_the_rest(job, &job_ref, &pods_api, plan, made)
             .await;

@@ -332,21 +332,20 @@ async fn sync(
             Step::Settled if deferred_creates => break,
             Step::Settled => return Ok(action_for(requeue)),
             // The step after finalizer removals counts those pods; past it, a Job whose
-            // pods keep finishing yields its worker to syncs more urgent than its own.
-            Step::Again
-                if step_number >= 1
+            // pods keep finishing yields its worker to syncs more urgent than its own. Its
+            // pods still to count bring it back in the count lane, as after the last step.
+            Step::Again => {
+                let last = step_number + 1 == MAX_STEPS_PER_SYNC;
+                let yields = step_number >= 1
                     && ctx
                         .workers
                         .first_waiting()
-                        .is_some_and(|first| first < owed) =>
-            {
-                ctx.pending.count_left(job_ref.clone(), owed.since);
-                break;
+                        .is_some_and(|first| first < owed);
+                if last || yields {
+                    ctx.pending.count_left(job_ref.clone(), owed.since);
+                    break;
+                }
             }
-            Step::Again if step_number + 1 == MAX_STEPS_PER_SYNC => {
-                ctx.pending.count_left(job_ref.clone(), owed.since);
-            }
-            Step::Again => {}
             Step::Conflict(None) => return Ok(Action::await_change()),
             Step::Conflict(Some(job)) => {
                 debug!(job = %job_ref, "status write conflicted; planning again from the live Job");
