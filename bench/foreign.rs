@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use serde_json::json;
 use tracing::info;
 
@@ -19,7 +19,6 @@ pub const NAMESPACE: &str = "bench-foreign";
 const LABEL: &str = "jobkeeper.dev/bench-foreign";
 /// Creates in flight at once: quick, yet far below the apiserver's inflight limits.
 const CONCURRENCY: usize = 64;
-const PAGE: u32 = 5000;
 
 fn pod(i: u32) -> anyhow::Result<Pod> {
     Ok(serde_json::from_value(json!({
@@ -80,45 +79,20 @@ pub async fn create(admin: &kube::Client, n: u32, wait: Duration) -> anyhow::Res
 /// Foreign pods Running now, listed in pages of slim pods.
 async fn count_running(admin: &kube::Client) -> anyhow::Result<u64> {
     let pods: Api<SlimPod> = Api::namespaced(admin.clone(), NAMESPACE);
-    let mut params = ListParams::default()
-        .labels(&format!("{LABEL}=true"))
-        .limit(PAGE);
-    let mut running = 0;
-    loop {
-        let page = pods.list(&params).await.context("listing foreign pods")?;
-        running += page
-            .items
-            .iter()
-            .filter(|p| p.phase.as_deref() == Some("Running"))
-            .count() as u64;
-        match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
-            _ => return Ok(running),
-        }
-    }
+    let params = ListParams::default().labels(&format!("{LABEL}=true"));
+    let listed = crate::slim::list_paged(&pods, params)
+        .await
+        .context("listing foreign pods")?;
+    Ok(listed
+        .iter()
+        .filter(|p| p.phase.as_deref() == Some("Running"))
+        .count() as u64)
 }
 
 /// Deletes every foreign pod at once and waits until they are gone.
 pub async fn delete(admin: &kube::Client, wait: Duration) -> anyhow::Result<()> {
     let pods: Api<SlimPod> = Api::namespaced(admin.clone(), NAMESPACE);
-    let now = DeleteParams {
-        grace_period_seconds: Some(0),
-        ..DeleteParams::default()
-    };
-    let deadline = Instant::now() + wait;
-    loop {
-        // A 50,000-pod delete may outlast the client's read timeout; the apiserver goes on
-        // with it, and the next round deletes what is left.
-        if let Err(e) = pods.delete_collection(&now, &ListParams::default()).await {
-            tracing::warn!(error = %e, "deleting foreign pods; trying again");
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let left = pods.list(&ListParams::default().limit(1)).await?;
-        if left.items.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("foreign pods still there {wait:?} after deletion");
-        }
-    }
+    crate::slim::delete_all(&pods, wait)
+        .await
+        .context("deleting the foreign pods")
 }

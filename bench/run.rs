@@ -20,6 +20,7 @@ use crate::Args;
 use crate::ceiling::Ceiling;
 use crate::cluster::{Cluster, Jobkeeper, Limit, Settings};
 use crate::procfs::{self, PeakSampler};
+use crate::slim::SlimPod;
 use crate::watch::{Injection, JobRecord, Recorder, State};
 use crate::workload::{CEILING_MANAGER, Workload};
 
@@ -653,7 +654,7 @@ fn completions(state: &State, t0: f64) -> Vec<(f64, u64)> {
 }
 
 /// Cleans the run's namespace up, trying again a few times. A loaded apiserver may time
-/// out a 10,000-pod delete; the measured run is never lost for it (the next run has a
+/// out a 100,000-pod delete; the measured run is never lost for it (the next run has a
 /// namespace of its own).
 async fn cleanup_retrying(admin: &kube::Client, ns: &str) {
     let mut attempt = 0;
@@ -668,15 +669,19 @@ async fn cleanup_retrying(admin: &kube::Client, ns: &str) {
     }
 }
 
-/// Deletes the run's Jobs and pods so the next run starts from empty caches.
+/// How long the pods of a run may take to go: the 100,000 of indexed-huge take about
+/// 10 min on 2 cores.
+const CLEANUP_WAIT: Duration = Duration::from_secs(1800);
+
+/// Deletes the run's Jobs and pods and waits until the pods are gone, so the next run
+/// starts from empty caches and an apiserver that is not busy deleting.
 async fn cleanup(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
+    let slim: Api<SlimPod> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     // A run that timed out may leave pods holding the tracking finalizer.
-    let holding: Vec<String> = pods
-        .list(&ListParams::default())
+    let holding: Vec<String> = crate::slim::list_paged(&slim, ListParams::default())
         .await?
-        .items
         .into_iter()
         .filter(|p| !p.finalizers().is_empty())
         .map(|p| p.name_any())
@@ -699,19 +704,7 @@ async fn cleanup(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
     drop(patched);
     jobs.delete_collection(&DeleteParams::background(), &ListParams::default())
         .await?;
-    let now = DeleteParams {
-        grace_period_seconds: Some(0),
-        ..DeleteParams::default()
-    };
-    pods.delete_collection(&now, &ListParams::default()).await?;
-    for _ in 0..600 {
-        let left = pods.list(&ListParams::default().limit(1)).await?;
-        if left.items.is_empty() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    bail!("pods of {ns} still there two minutes after deletion")
+    crate::slim::delete_all(&slim, CLEANUP_WAIT).await
 }
 
 #[cfg(test)]

@@ -1,15 +1,24 @@
 //! A pod as the bench's watches need it: name, uid, resourceVersion, owners and phase.
 //! Decoding skips everything else (spec, annotations, managed fields, conditions), so a
-//! watch over 100,000 pods costs the bench little memory and CPU.
+//! watch over 100,000 pods costs the bench little memory and CPU. Listing and deleting
+//! a namespace's pods in bulk are here too.
 
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::{Metadata, NamespaceResourceScope, Resource};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams};
 use serde::Deserialize;
+
+/// Pods per list page: 100,000 pods in one response outlast the client's timeouts.
+const PAGE: u32 = 5000;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(from = "Wire")]
 pub struct SlimPod {
-    /// Only name, namespace, uid, resourceVersion and ownerReferences are set.
+    /// Only name, namespace, uid, resourceVersion, ownerReferences and finalizers are set.
     pub metadata: ObjectMeta,
     pub phase: Option<String>,
 }
@@ -32,6 +41,8 @@ struct WireMeta {
     resource_version: Option<String>,
     #[serde(default)]
     owner_references: Option<Vec<OwnerReference>>,
+    #[serde(default)]
+    finalizers: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -49,6 +60,7 @@ impl From<Wire> for SlimPod {
                 uid: m.uid,
                 resource_version: m.resource_version,
                 owner_references: m.owner_references,
+                finalizers: m.finalizers,
                 ..ObjectMeta::default()
             },
             phase: w.status.and_then(|s| s.phase),
@@ -96,6 +108,45 @@ impl SlimPod {
     }
 }
 
+/// Every pod `params` selects, listed a page at a time.
+pub async fn list_paged(pods: &Api<SlimPod>, params: ListParams) -> anyhow::Result<Vec<SlimPod>> {
+    let mut params = params.limit(PAGE);
+    let mut all = Vec::new();
+    loop {
+        let page = pods.list(&params).await.context("listing pods")?;
+        all.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(all),
+        }
+    }
+}
+
+/// Deletes every pod of the namespace (without grace) and waits up to `wait` until they
+/// are gone. A delete of many thousands of pods outlasts the apiserver's request timeout
+/// (504) or the client's; the apiserver goes on with it, and the next round deletes what
+/// is left.
+pub async fn delete_all(pods: &Api<SlimPod>, wait: Duration) -> anyhow::Result<()> {
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Err(e) = pods.delete_collection(&now, &ListParams::default()).await {
+            tracing::warn!(error = %e, "deleting pods; trying again");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let left = pods.list(&ListParams::default().limit(1)).await?;
+        if left.items.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("pods still there {wait:?} after deletion");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +157,7 @@ mod tests {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
                 "name": "a-0", "namespace": "ns", "uid": "u", "resourceVersion": "7",
+                "finalizers": ["batch.kubernetes.io/job-tracking"],
                 "annotations": {"big": "x".repeat(1000)},
                 "managedFields": [{"manager": "m"}],
                 "ownerReferences": [
@@ -122,6 +174,10 @@ mod tests {
         assert_eq!(pod.terminal(), Some(true));
         assert!(pod.metadata.annotations.is_none());
         assert_eq!(pod.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(
+            pod.metadata.finalizers,
+            Some(vec!["batch.kubernetes.io/job-tracking".to_string()])
+        );
         let bare: SlimPod = serde_json::from_value(serde_json::json!({"metadata": {"name": "b"}}))
             .expect("decodes");
         assert_eq!((bare.job(), bare.terminal()), (None, None));
