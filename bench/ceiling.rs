@@ -20,7 +20,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, ResourceExt};
@@ -259,7 +259,7 @@ impl Ceiling {
                 let this = self.clone();
                 async move {
                     let _p = this.permits.acquire().await?;
-                    remove_finalizer(&pods, &name)
+                    crate::slim::remove_finalizer(&pods, &name)
                         .await
                         .with_context(|| format!("removing the finalizer of {name}"))
                 }
@@ -270,28 +270,6 @@ impl Ceiling {
         results.into_iter().collect()
     }
 }
-
-/// Tries the finalizer PATCH up to `FINALIZER_TRIES` times: the last Job's 100,000 at once
-/// can outlast kube-apiserver's 60 s handler timeout, and a controller would try again.
-/// The PATCH is idempotent; a pod already gone needs nothing.
-async fn remove_finalizer(pods: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
-    let patch = Patch::Merge(json!({"metadata": {"finalizers": null}}));
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match pods.patch(name, &PatchParams::default(), &patch).await {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-            Err(e) if tries < FINALIZER_TRIES => {
-                tracing::warn!(pod = name, error = %e, tries, "removing a finalizer; trying again");
-                tokio::time::sleep(Duration::from_secs(tries.into())).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-const FINALIZER_TRIES: u32 = 5;
 
 /// A finished pod: its completion index, whether it failed, its name.
 type Finished = (u32, bool, String);

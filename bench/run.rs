@@ -9,7 +9,7 @@ use futures::{StreamExt, stream};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -689,14 +689,7 @@ async fn cleanup(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
     let patched: Vec<_> = stream::iter(holding)
         .map(|name| {
             let pods = pods.clone();
-            async move {
-                pods.patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-                )
-                .await
-            }
+            async move { crate::slim::remove_finalizer(&pods, &name).await }
         })
         .buffer_unordered(32)
         .collect()

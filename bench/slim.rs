@@ -1,19 +1,22 @@
 //! A pod as the bench's watches need it: name, uid, resourceVersion, owners and phase.
 //! Decoding skips everything else (spec, annotations, managed fields, conditions), so a
 //! watch over 100,000 pods costs the bench little memory and CPU. Listing and deleting
-//! a namespace's pods in bulk are here too.
+//! a namespace's pods in bulk, and removing their finalizers, are here too.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::{Metadata, NamespaceResourceScope, Resource};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde::Deserialize;
+use serde_json::json;
 
 /// Pods per list page: 100,000 pods in one response outlast the client's timeouts.
 const PAGE: u32 = 5000;
+const FINALIZER_TRIES: u32 = 5;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(from = "Wire")]
@@ -143,6 +146,27 @@ pub async fn delete_all(pods: &Api<SlimPod>, wait: Duration) -> anyhow::Result<(
         }
         if Instant::now() > deadline {
             bail!("pods still there {wait:?} after deletion");
+        }
+    }
+}
+
+/// Removes a pod's finalizers, trying the PATCH up to `FINALIZER_TRIES` times: 100,000 at
+/// once (the ceiling's last Job, a cleanup) can outlast kube-apiserver's 60 s handler
+/// timeout, and a controller would try again. The PATCH is idempotent; a pod already
+/// gone needs nothing.
+pub async fn remove_finalizer(pods: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
+    let patch = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match pods.patch(name, &PatchParams::default(), &patch).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(e) if tries < FINALIZER_TRIES => {
+                tracing::warn!(pod = name, error = %e, tries, "removing a finalizer; trying again");
+                tokio::time::sleep(Duration::from_secs(tries.into())).await;
+            }
+            Err(e) => return Err(e),
         }
     }
 }
