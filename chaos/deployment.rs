@@ -316,20 +316,9 @@ async fn taint_the_real_node(client: &kube::Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `make image`'s archive: JOBKEEPER_IMAGE_ARCHIVE, else `$CARGO_TARGET_DIR/image/jobkeeper.tar`.
-fn image_archive() -> PathBuf {
-    std::env::var_os("JOBKEEPER_IMAGE_ARCHIVE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| repo().join("target"))
-                .join("image/jobkeeper.tar")
-        })
-}
-
+/// Imports `make image`'s archive into the cluster's real node as jobkeeper:dev.
 async fn load_image(dir: &Path) -> anyhow::Result<()> {
-    let archive = image_archive();
+    let archive = crate::shared::image_archive();
     if !archive.exists() {
         bail!(
             "no image archive {}: run `make image` (make chaos does) or set JOBKEEPER_IMAGE_ARCHIVE",

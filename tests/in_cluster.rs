@@ -12,7 +12,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -80,22 +79,11 @@ async fn jobkeeper_installed_from_deploy_runs_the_samples_and_survives_its_leade
 // ---- install -------------------------------------------------------------------------------
 
 /// `make image`'s archive: JOBKEEPER_IMAGE_ARCHIVE, else `$CARGO_TARGET_DIR/image/jobkeeper.tar`.
-fn image_archive() -> PathBuf {
-    std::env::var_os("JOBKEEPER_IMAGE_ARCHIVE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| repo_root().join("target"))
-                .join("image/jobkeeper.tar")
-        })
-}
-
 /// Imports `make image`'s archive into the real node as docker.io/library/jobkeeper:dev.
 /// tests/cluster/jobkeeper-image.sh packs the archive anew on every run, so `make
 /// integration` builds it once before the tests instead of this test building it.
 fn load_image() {
-    let archive = image_archive();
+    let archive = shared::image_archive();
     assert!(
         archive.exists(),
         "no image archive {}: run `make image` (make integration does) or set JOBKEEPER_IMAGE_ARCHIVE",

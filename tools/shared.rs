@@ -1,11 +1,11 @@
 //! What the benchmark (`bench/`), the chaos run (`chaos/`) and the integration tests'
 //! support share: a client from one of a local control plane's kubeconfigs, a free loopback
-//! port, the audit log's events, and pod names masked for comparing twin Jobs. Each includes
-//! this file as its module `shared`.
+//! port, the audit log's events, pod names masked for comparing twin Jobs, and where `make
+//! image` leaves its archive. Each includes this file as its module `shared`.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
@@ -24,6 +24,19 @@ pub async fn client(path: &Path, read_timeout: Duration) -> anyhow::Result<kube:
 pub fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
+}
+
+/// `make image`'s archive of the jobkeeper image: `JOBKEEPER_IMAGE_ARCHIVE`, else
+/// `image/jobkeeper.tar` in cargo's target folder.
+pub fn image_archive() -> PathBuf {
+    std::env::var_os("JOBKEEPER_IMAGE_ARCHIVE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+                .join("image/jobkeeper.tar")
+        })
 }
 
 /// One line of the apiserver's audit log (`AUDIT=1` in tests/cluster/up.sh), the fields
