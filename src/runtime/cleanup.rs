@@ -286,7 +286,9 @@ async fn remove_finalizers_until_done(api: Api<Pod>, job: String, mut pods: Vec<
             return;
         }
         pods = failed;
-        tokio::time::sleep(pause_after(attempt)).await;
+        if attempt < CLEANUP_TRIES {
+            tokio::time::sleep(pause_after(attempt)).await;
+        }
     }
     warn!(job = %job, pods = ?pods,
         "gave up removing the tracking finalizer of a deleted Job's pods; the next sweep will");
@@ -330,7 +332,9 @@ async fn release_until_done(client: Client, job: Arc<Job>, pod: String) {
             Err(e) => warn!(pod = %key, attempt, error = %e,
                 "could not release a pod that left its Job's selector; retrying"),
         }
-        tokio::time::sleep(pause_after(attempt)).await;
+        if attempt < CLEANUP_TRIES {
+            tokio::time::sleep(pause_after(attempt)).await;
+        }
     }
     warn!(pod = %key, "gave up releasing a pod that left its Job's selector");
 }
