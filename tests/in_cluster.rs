@@ -78,7 +78,6 @@ async fn jobkeeper_installed_from_deploy_runs_the_samples_and_survives_its_leade
 
 // ---- install -------------------------------------------------------------------------------
 
-/// `make image`'s archive: JOBKEEPER_IMAGE_ARCHIVE, else `$CARGO_TARGET_DIR/image/jobkeeper.tar`.
 /// Imports `make image`'s archive into the real node as docker.io/library/jobkeeper:dev.
 /// tests/cluster/jobkeeper-image.sh packs the archive anew on every run, so `make
 /// integration` builds it once before the tests instead of this test building it.
