@@ -686,15 +686,18 @@ async fn cleanup(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
         .filter(|p| !p.finalizers().is_empty())
         .map(|p| p.name_any())
         .collect();
-    let patched: Vec<_> = stream::iter(holding)
+    stream::iter(holding)
         .map(|name| {
             let pods = pods.clone();
-            async move { crate::slim::remove_finalizer(&pods, &name).await }
+            async move { (crate::slim::remove_finalizer(&pods, &name).await, name) }
         })
         .buffer_unordered(32)
-        .collect()
+        .for_each(|(removed, name)| async move {
+            if let Err(e) = removed {
+                tracing::warn!(pod = %name, error = %e, "could not remove a finalizer; the pod stays");
+            }
+        })
         .await;
-    drop(patched);
     jobs.delete_collection(&DeleteParams::background(), &ListParams::default())
         .await?;
     crate::slim::delete_all(&slim, CLEANUP_WAIT).await

@@ -10,10 +10,7 @@ use tracing::{info, warn};
 
 use crate::Mode;
 
-/// The repository, for tests/cluster/*.sh.
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::shared::repo_root;
 
 /// KCM's controllers in all-jobs mode: what kind runs, minus the job controller.
 const WITHOUT_JOB_CONTROLLER: &str = "*,bootstrapsigner,tokencleaner,-job";
@@ -29,7 +26,7 @@ struct DownOnDrop(PathBuf);
 
 impl Drop for DownOnDrop {
     fn drop(&mut self) {
-        let status = std::process::Command::new(repo().join("tests/cluster/down.sh"))
+        let status = std::process::Command::new(repo_root().join("tests/cluster/down.sh"))
             .arg(&self.0)
             .stdout(Stdio::null())
             .status();
@@ -49,7 +46,7 @@ impl Cluster {
         let _ = std::fs::remove_file(dir.join("audit.log"));
         info!(dir = %dir.display(), ?mode, "starting the control plane");
         let guard = (!keep).then(|| DownOnDrop(dir.clone()));
-        let mut up = tokio::process::Command::new(repo().join("tests/cluster/up.sh"));
+        let mut up = tokio::process::Command::new(repo_root().join("tests/cluster/up.sh"));
         up.arg(&dir).env("AUDIT", "1").env("KWOK_NODES", "1");
         if mode == Mode::AllJobs {
             up.env("KCM_CONTROLLERS", WITHOUT_JOB_CONTROLLER);
@@ -76,7 +73,7 @@ impl Cluster {
     /// Stops `component` and starts it again with the same command line; returns once it
     /// serves again.
     pub async fn restart(&self, component: &str) -> anyhow::Result<()> {
-        let status = tokio::process::Command::new(repo().join("tests/cluster/restart.sh"))
+        let status = tokio::process::Command::new(repo_root().join("tests/cluster/restart.sh"))
             .arg(&self.dir)
             .arg(component)
             .stdout(Stdio::null())
@@ -90,7 +87,7 @@ impl Cluster {
 }
 
 async fn run_script(name: &str, dir: &Path) -> anyhow::Result<()> {
-    tokio::process::Command::new(repo().join("tests/cluster").join(name))
+    tokio::process::Command::new(repo_root().join("tests/cluster").join(name))
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -22,8 +22,8 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::cluster::repo;
 use crate::controllers::steps_down;
+use crate::shared::repo_root;
 
 pub const SYSTEM_NS: &str = "jobkeeper-system";
 const SELECTOR: &str = "app.kubernetes.io/name=jobkeeper,app.kubernetes.io/component=controller";
@@ -344,7 +344,7 @@ async fn kubectl(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
         .arg("--kubeconfig")
         .arg(dir.join("admin.kubeconfig"))
         .args(args)
-        .current_dir(repo())
+        .current_dir(repo_root())
         .output()
         .await
         .context("running kubectl")?;
@@ -360,7 +360,7 @@ async fn kubectl(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
 
 /// Runs tests/cluster/<name> with `args`; its stdout.
 async fn script(name: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new(repo().join("tests/cluster").join(name))
+    let out = tokio::process::Command::new(repo_root().join("tests/cluster").join(name))
         .args(args)
         .stderr(Stdio::inherit())
         .output()

@@ -1,7 +1,8 @@
 //! What the benchmark (`bench/`), the chaos run (`chaos/`) and the integration tests'
 //! support share: a client from one of a local control plane's kubeconfigs, a free loopback
-//! port, the audit log's events, pod names masked for comparing twin Jobs, and where `make
-//! image` leaves its archive. Each includes this file as its module `shared`.
+//! port, the audit log's events, pod names masked for comparing twin Jobs, the repository's
+//! root and where `make image` leaves its archive. Each includes this file as its module
+//! `shared`.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -26,6 +27,11 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// The repository's root, where tests/cluster/*.sh and target/ are.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
 /// `make image`'s archive of the jobkeeper image: `JOBKEEPER_IMAGE_ARCHIVE`, else
 /// `image/jobkeeper.tar` in cargo's target folder.
 pub fn image_archive() -> PathBuf {
@@ -34,7 +40,7 @@ pub fn image_archive() -> PathBuf {
         .unwrap_or_else(|| {
             std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+                .unwrap_or_else(|| repo_root().join("target"))
                 .join("image/jobkeeper.tar")
         })
 }

@@ -255,9 +255,13 @@ async fn next_driving<T, F: Future<Output = ()>>(
 /// apiserver restart takes seconds to minutes. What is still left then is the sweep's.
 const CLEANUP_TRIES: u32 = 8;
 
-/// The pause after failed try `attempt` (from 1) of a cleanup write.
-fn pause_after(attempt: u32) -> Duration {
-    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5))
+/// The pause after failed try `attempt` (from 1) of a cleanup write: 1 s doubling up to
+/// 32 s, none after the last try.
+async fn pause_after(attempt: u32) {
+    if attempt < CLEANUP_TRIES {
+        let pause = Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5));
+        tokio::time::sleep(pause).await;
+    }
 }
 
 /// Takes the tracking finalizer off a deleted Job's pods, retrying the failures with
@@ -286,9 +290,7 @@ async fn remove_finalizers_until_done(api: Api<Pod>, job: String, mut pods: Vec<
             return;
         }
         pods = failed;
-        if attempt < CLEANUP_TRIES {
-            tokio::time::sleep(pause_after(attempt)).await;
-        }
+        pause_after(attempt).await;
     }
     warn!(job = %job, pods = ?pods,
         "gave up removing the tracking finalizer of a deleted Job's pods; the next sweep will");
@@ -332,9 +334,7 @@ async fn release_until_done(client: Client, job: Arc<Job>, pod: String) {
             Err(e) => warn!(pod = %key, attempt, error = %e,
                 "could not release a pod that left its Job's selector; retrying"),
         }
-        if attempt < CLEANUP_TRIES {
-            tokio::time::sleep(pause_after(attempt)).await;
-        }
+        pause_after(attempt).await;
     }
     warn!(pod = %key, "gave up releasing a pod that left its Job's selector");
 }

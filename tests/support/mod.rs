@@ -36,9 +36,7 @@ pub const MANAGED_BY: &str = "jobkeeper.dev/job-controller";
 /// steer them.
 pub const DRIVER_SCHEDULER: &str = "jobkeeper-test-driver";
 
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+pub use shared::repo_root;
 
 /// The control plane's folder: `JOBKEEPER_TEST_CLUSTER`, else `target/test-cluster`.
 pub fn cluster_dir() -> &'static Path {
